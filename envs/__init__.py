@@ -1,0 +1,14 @@
+"""Environments: a registry of gymnax-API environment families and their constitutions."""
+
+from aligned_rl.envs import cartpole  # noqa: F401  (registers CartPole-v1 and its constitution)
+from aligned_rl.envs.registry import (
+    EnvSpec,
+    broadcast_params,
+    constitution,
+    list_envs,
+    make,
+    register,
+    spec,
+)
+
+__all__ = ["EnvSpec", "broadcast_params", "constitution", "list_envs", "make", "register", "spec"]

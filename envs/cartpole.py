@@ -1,0 +1,65 @@
+"""CartPole-v1 (gymnax) with an example constitution to read and copy.
+
+The track runs from -2.4 to 2.4.  The ``safe_zone`` constitution marks a stretch of it
+as off limits and forbids pushing toward that stretch when close to it:
+
+* forbidden state: the cart is inside ``[zone_low, zone_high]``;
+* forbidden action: pushing toward the zone (right if the zone lies to the right, left
+  if it lies to the left) while the cart is within ``margin`` of it.
+
+All three numbers live in the constitution's params, so a batch of different zones
+can be vmapped.  CartPole's step is deterministic, so one lookahead sample is exact.
+Note that CartPole's Euler step moves the cart by ``tau * x_dot`` whatever the action,
+so the one-step lookahead of the state rule rarely separates the two actions; the
+action rule is what warns the agent early, and forbidden-state visits are logged.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from aligned_rl.constitution import Constitution
+from aligned_rl.envs.gymnax_adapter import gymnax_spec
+from aligned_rl.envs.registry import register
+
+PUSH_LEFT, PUSH_RIGHT = 0, 1
+
+
+def cart_in_zone(state, params) -> jax.Array:
+    """Forbidden state: the cart stands inside the zone."""
+    return (state.x >= params["zone_low"]) & (state.x <= params["zone_high"])
+
+
+def push_toward_zone(obs, state, action, params) -> jax.Array:
+    """Forbidden action: a push toward the zone from within ``margin`` of it."""
+    x = obs[0]
+    left_of_zone = (x < params["zone_low"]) & (x >= params["zone_low"] - params["margin"])
+    right_of_zone = (x > params["zone_high"]) & (x <= params["zone_high"] + params["margin"])
+    return (left_of_zone & (action == PUSH_RIGHT)) | (right_of_zone & (action == PUSH_LEFT))
+
+
+def safe_zone() -> Constitution:
+    return Constitution(
+        name="safe_zone",
+        action_rules=(push_toward_zone,),
+        state_rules=(cart_in_zone,),
+        params={
+            "zone_low": jnp.float32(1.2),
+            "zone_high": jnp.float32(2.4),
+            "margin": jnp.float32(0.6),
+        },
+        description=(
+            "The right end of the track, x in [zone_low, zone_high], is forbidden; pushing "
+            "toward it from within `margin` of it is forbidden."
+        ),
+    )
+
+
+CARTPOLE = register(
+    gymnax_spec(
+        "CartPole-v1",
+        constitutions={"safe_zone": safe_zone},
+        description="gymnax CartPole-v1 with the safe_zone constitution.",
+    )
+)

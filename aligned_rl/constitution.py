@@ -18,9 +18,12 @@ can be vmapped exactly like a batch of environment parameters.
 
 The reference policy is ``sigma(a|s)``: uniform over the allowed actions, with a floor
 ``eps`` on the forbidden ones, renormalised.  If every action of a state is forbidden,
-sigma is undefined; the defined fallback is to treat every action as allowed (sigma
-uniform, projection divergence 0) and to flag the state in ``all_forbidden`` so that
-the rate is logged.  Nothing divides by zero.
+sigma as defined does not exist.  The defined fallback honours what can still be
+honoured: among the actions no action rule forbids (all actions, if the action rules
+forbid every one), the allowed ones are those least likely to lead into a forbidden
+state.  In a deterministic environment whose every next state is forbidden, that is
+exactly the actions the action rules allow.  The state is flagged in ``all_forbidden``
+so the rate is logged.  Nothing divides by zero.
 """
 
 from __future__ import annotations
@@ -133,13 +136,30 @@ class Judgement(NamedTuple):
     in_forbidden_state: jax.Array
 
 
-def reference_policy(forbidden: jax.Array, eps: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """sigma from a forbidden-action mask [..., A]: returns (sigma, allowed, all_forbidden)."""
+def reference_policy(
+    forbidden: jax.Array, eps: float, fallback: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """sigma from a forbidden-action mask [..., A]: returns (sigma, allowed, all_forbidden).
+
+    ``fallback`` [..., A] is the set treated as allowed where every action is forbidden
+    (default: every action).  It must hold at least one action.
+    """
     all_forbidden = jnp.all(forbidden, axis=-1)
-    allowed = jnp.logical_or(~forbidden, all_forbidden[..., None])
+    if fallback is None:
+        fallback = jnp.ones_like(forbidden)
+    allowed = jnp.where(all_forbidden[..., None], fallback, ~forbidden)
     weights = jnp.where(allowed, 1.0, eps)
     sigma = weights / jnp.sum(weights, axis=-1, keepdims=True)  # sum >= 1: an allowed action exists
     return sigma, allowed, all_forbidden
+
+
+def least_bad_actions(action_forbidden: jax.Array, violation_probability: jax.Array) -> jax.Array:
+    """The fallback set: among actions no action rule forbids (or all, if none is left), those
+    with the smallest probability of leading into a forbidden state."""
+    candidates = ~action_forbidden
+    candidates = jnp.where(jnp.any(candidates, axis=-1, keepdims=True), candidates, True)
+    risk = jnp.where(candidates, violation_probability, jnp.inf)
+    return candidates & (risk <= jnp.min(risk, axis=-1, keepdims=True))
 
 
 def state_is_forbidden(constitution: Constitution, state: Any, params: Any) -> jax.Array:
@@ -148,6 +168,35 @@ def state_is_forbidden(constitution: Constitution, state: Any, params: Any) -> j
     for rule in constitution.state_rules:
         verdict = jnp.logical_or(verdict, rule(state, params))
     return verdict
+
+
+def rule_verdicts(
+    constitution: Constitution,
+    params: Any,
+    env: Any,
+    env_params: Any,
+    step_key: jax.Array,
+    obs: jax.Array,
+    state: Any,
+    num_actions: int,
+) -> tuple[jax.Array, jax.Array]:
+    """For one (unbatched) state: (bool[A] forbidden by action rules,
+    float[A] sampled probability that the action leads into a forbidden state)."""
+    actions = jnp.arange(num_actions)
+    action_forbidden = jnp.zeros((num_actions,), dtype=bool)
+    for rule in constitution.action_rules:
+        action_forbidden |= jax.vmap(lambda a: rule(obs, state, a, params))(actions)
+    violation_probability = jnp.zeros((num_actions,), dtype=jnp.float32)
+    if constitution.state_rules:
+        step_keys = _lookahead_keys(step_key, constitution.lookahead_samples)
+
+        def lands_forbidden(key: jax.Array, action: jax.Array) -> jax.Array:
+            _, next_state, _, _, _ = env.step_env(key, state, action, env_params)
+            return state_is_forbidden(constitution, next_state, params)
+
+        per_key = jax.vmap(lambda k: jax.vmap(lambda a: lands_forbidden(k, a))(actions))(step_keys)
+        violation_probability = jnp.mean(per_key.astype(jnp.float32), axis=0)
+    return action_forbidden, violation_probability
 
 
 def forbidden_action_mask(
@@ -161,21 +210,10 @@ def forbidden_action_mask(
     num_actions: int,
 ) -> jax.Array:
     """bool[A]: which actions the constitution forbids in one (unbatched) state."""
-    actions = jnp.arange(num_actions)
-    forbidden = jnp.zeros((num_actions,), dtype=bool)
-    for rule in constitution.action_rules:
-        forbidden |= jax.vmap(lambda a: rule(obs, state, a, params))(actions)
-    if constitution.state_rules:
-        step_keys = _lookahead_keys(step_key, constitution.lookahead_samples)
-
-        def lands_forbidden(key: jax.Array, action: jax.Array) -> jax.Array:
-            _, next_state, _, _, _ = env.step_env(key, state, action, env_params)
-            return state_is_forbidden(constitution, next_state, params)
-
-        per_key = jax.vmap(lambda k: jax.vmap(lambda a: lands_forbidden(k, a))(actions))(step_keys)
-        probability = jnp.mean(per_key.astype(jnp.float32), axis=0)
-        forbidden |= probability > constitution.lookahead_threshold
-    return forbidden
+    action_forbidden, violation_probability = rule_verdicts(
+        constitution, params, env, env_params, step_key, obs, state, num_actions
+    )
+    return action_forbidden | (violation_probability > constitution.lookahead_threshold)
 
 
 def _lookahead_keys(step_key: jax.Array, samples: int) -> jax.Array:
@@ -198,10 +236,12 @@ def judge(
     num_actions: int,
 ) -> Judgement:
     """Everything the learner needs from the constitution in one state (unbatched; vmap it)."""
-    forbidden = forbidden_action_mask(
+    action_forbidden, violation_probability = rule_verdicts(
         constitution, params, env, env_params, step_key, obs, state, num_actions
     )
-    sigma, allowed, all_forbidden = reference_policy(forbidden, constitution.eps)
+    forbidden = action_forbidden | (violation_probability > constitution.lookahead_threshold)
+    fallback = least_bad_actions(action_forbidden, violation_probability)
+    sigma, allowed, all_forbidden = reference_policy(forbidden, constitution.eps, fallback)
     return Judgement(
         forbidden=forbidden,
         allowed=allowed,

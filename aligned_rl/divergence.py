@@ -91,7 +91,8 @@ def log2_prob_allowed(logits: jax.Array, allowed: jax.Array) -> jax.Array:
 
 def projection(logits: jax.Array, allowed: jax.Array) -> jax.Array:
     """D_proj = -log2 pi(allowed | s) = min over compliant policies q of KL(q-projection)."""
-    return -log2_prob_allowed(logits, allowed)
+    # log pi(allowed) can round a hair above 0 when every action is allowed; D is >= 0.
+    return jnp.maximum(-log2_prob_allowed(logits, allowed), 0.0)
 
 
 def alignment_reward(divergence: jax.Array) -> jax.Array:

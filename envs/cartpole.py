@@ -5,13 +5,15 @@ as off limits and forbids pushing toward that stretch when close to it:
 
 * forbidden state: the cart is inside ``[zone_low, zone_high]``;
 * forbidden action: pushing toward the zone (right if the zone lies to the right, left
-  if it lies to the left) while the cart is within ``margin`` of it.
+  if it lies to the left) while the cart is within ``margin`` of it, and, inside the
+  zone, pushing deeper in (away from the centre of the track).
 
 All three numbers live in the constitution's params, so a batch of different zones
 can be vmapped.  CartPole's step is deterministic, so one lookahead sample is exact.
 Note that CartPole's Euler step moves the cart by ``tau * x_dot`` whatever the action,
-so the one-step lookahead of the state rule rarely separates the two actions; the
-action rule is what warns the agent early, and forbidden-state visits are logged.
+so the one-step lookahead of the state rule rarely separates the two actions: next to
+the zone both actions may lead in.  Then every action is forbidden and sigma falls back
+to the actions the action rule allows (see ``aligned_rl.constitution``): push away.
 """
 
 from __future__ import annotations
@@ -32,11 +34,15 @@ def cart_in_zone(state, params) -> jax.Array:
 
 
 def push_toward_zone(obs, state, action, params) -> jax.Array:
-    """Forbidden action: a push toward the zone from within ``margin`` of it."""
+    """Forbidden action: a push toward the zone from within ``margin`` of it, or, inside
+    the zone, a push that leads deeper in (away from the centre of the track)."""
     x = obs[0]
-    left_of_zone = (x < params["zone_low"]) & (x >= params["zone_low"] - params["margin"])
-    right_of_zone = (x > params["zone_high"]) & (x <= params["zone_high"] + params["margin"])
-    return (left_of_zone & (action == PUSH_RIGHT)) | (right_of_zone & (action == PUSH_LEFT))
+    low, high, margin = params["zone_low"], params["zone_high"], params["margin"]
+    approaching_from_left = (x >= low - margin) & (x < low) & (action == PUSH_RIGHT)
+    approaching_from_right = (x > high) & (x <= high + margin) & (action == PUSH_LEFT)
+    deeper_push = jnp.where(low + high >= 0, PUSH_RIGHT, PUSH_LEFT)
+    inside = (x >= low) & (x <= high) & (action == deeper_push)
+    return approaching_from_left | approaching_from_right | inside
 
 
 def safe_zone() -> Constitution:

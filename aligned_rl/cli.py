@@ -1,0 +1,120 @@
+"""The ``aligned-rl`` command: train, resume, evaluate, and list what is available.
+
+    aligned-rl train --config configs/cartpole.yaml [key=value ...]
+    aligned-rl train --resume <run_dir> [--force] [run.key=value ...]
+    aligned-rl eval <run_dir> [--episodes 256] [--greedy] [--best]
+    aligned-rl config [--config FILE] [key=value ...]   print the resolved config
+    aligned-rl envs                                      environments and their constitutions
+
+Exit codes: 0 success, 2 bad input (config, resume mismatch, missing run), 3 training
+diverged (NaN/inf; the last good checkpoint is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aligned-rl", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train an aligned PPO agent, or resume a run")
+    train.add_argument("--config", help="YAML config (see configs/)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
+    train.add_argument("--force", action="store_true", help="resume even if config or constitution changed")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. ppo.lr=1e-3 env.num_envs=64")
+
+    ev = sub.add_parser("eval", help="evaluate a run's latest checkpoint and print metrics JSON")
+    ev.add_argument("run_dir")
+    ev.add_argument("--episodes", type=int, default=256, help="episodes, one per vmapped environment")
+    ev.add_argument("--greedy", action="store_true", help="act by argmax instead of sampling")
+    ev.add_argument("--best", action="store_true", help="use the best checkpoint instead of the latest")
+    ev.add_argument("--seed", type=int, default=12345)
+    ev.add_argument("--output", help="also write the JSON to this file")
+
+    cfg = sub.add_parser("config", help="print the resolved config (defaults, file, overrides)")
+    cfg.add_argument("--config")
+    cfg.add_argument("overrides", nargs="*")
+
+    sub.add_parser("envs", help="list environments and the constitutions they ship")
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"aligned-rl: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Imports after parsing so that `--help` is instant.
+    from aligned_rl.train.config import ConfigError, load_config, to_yaml
+
+    try:
+        if args.command == "config":
+            print(to_yaml(load_config(args.config, args.overrides)), end="")
+            return 0
+        if args.command == "envs":
+            import aligned_rl.envs as envs
+
+            for name in envs.list_envs():
+                try:
+                    shipped = sorted(envs.spec(name).constitutions)
+                except Exception:  # pragma: no cover - a gymnax env that fails to build
+                    shipped = []
+                print(f"{name:28s} constitutions: {', '.join(['none', *shipped])}")
+            return 0
+        if args.command == "train":
+            return _train(args)
+        if args.command == "eval":
+            from aligned_rl.train.evaluate import evaluate
+
+            result = evaluate(args.run_dir, episodes=args.episodes, greedy=args.greedy, seed=args.seed,
+                              which="best" if args.best else "latest")
+            text = json.dumps(result, indent=2)
+            print(text)
+            if args.output:
+                with open(args.output, "w") as f:
+                    f.write(text + "\n")
+            return 0
+    except ConfigError as err:
+        return _fail(str(err), 2)
+    except FileNotFoundError as err:
+        return _fail(str(err), 2)
+    return 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from aligned_rl.train.config import load_config
+    from aligned_rl.train.loop import ResumeMismatch, TrainingDiverged, load_run_config, train
+
+    if args.resume and args.config:
+        return _fail("give either --config (new run) or --resume RUN_DIR, not both", 2)
+    if not args.resume and not args.config:
+        return _fail("give --config FILE for a new run (e.g. configs/cartpole.yaml) or --resume RUN_DIR", 2)
+    try:
+        if args.resume:
+            config = load_run_config(args.resume, args.overrides)
+        else:
+            config = load_config(args.config, args.overrides)
+        summary = train(config, resume=bool(args.resume), force=args.force)
+    except ResumeMismatch as err:
+        return _fail(str(err), 2)
+    except TrainingDiverged as err:
+        return _fail(f"training diverged: {err}", 3)
+    final = summary["final"] or {}
+    ret = final.get("episode_return")
+    print(
+        f"done: {summary['env_steps']:,} steps, return {ret if ret is None else round(ret, 1)}, "
+        f"forbidden-action rate {final.get('forbidden_rate', float('nan')):.4f}, "
+        f"mean D {final.get('divergence', float('nan')):.4f}, "
+        f"{summary['sps']:,.0f} steps/s (compile {summary['compile_seconds']:.1f}s excluded) -> {summary['run_dir']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

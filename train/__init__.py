@@ -1,0 +1,1 @@
+"""Training: aligned PPO, its config, checkpoints, logging and the run loop."""

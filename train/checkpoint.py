@@ -1,0 +1,75 @@
+"""Checkpoints of the whole TrainState with orbax-checkpoint.
+
+One ``CheckpointManager`` per run directory (``<run>/checkpoints``) keeps the latest two
+saves and the best one by mean episode return.  Saves are atomic (orbax writes to a
+temporary directory and renames it), so a run killed mid-save resumes from the last
+complete checkpoint.  Each save carries metadata: the config, the constitution's
+fingerprint, package versions and the host-side counters a resumed run needs.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+from absl import logging as absl_logging
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+PACKAGES = ("aligned-rl", "jax", "jaxlib", "flax", "optax", "chex", "gymnax", "orbax-checkpoint")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def manager(run_dir: str | Path, read_only: bool = False) -> ocp.CheckpointManager:
+    if read_only:  # orbax warns that a read-only manager will not save; that is the point
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    policy = checkpoint_managers.AnyPreservationPolicy(
+        [
+            checkpoint_managers.LatestN(n=2),
+            checkpoint_managers.BestN(get_metric_fn=lambda m: m["episode_return"], reverse=False, n=1),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        create=not read_only,
+        read_only=read_only,
+        enable_async_checkpointing=False,
+    )
+    return ocp.CheckpointManager(
+        Path(run_dir).absolute() / "checkpoints", options=options, item_names=("state", "meta")
+    )
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict, episode_return: float) -> None:
+    mngr.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        metrics={"episode_return": float(episode_return)},
+    )
+    mngr.wait_until_finished()
+
+
+def latest_step(mngr: ocp.CheckpointManager) -> int | None:
+    return mngr.latest_step()
+
+
+def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def restore_state(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
+    """Restore the TrainState saved at ``step`` with the structure, dtypes and shardings of ``like``."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    return restored["state"]

@@ -1,0 +1,214 @@
+"""The training config: a typed schema (OmegaConf structured config), loaded from YAML plus
+dotted ``key=value`` overrides, validated before anything compiles.
+
+``load_config(path, overrides)`` raises :class:`ConfigError` with a message that names the
+offending key and what would fix it: unknown keys, wrong types, and values that are out of
+range or inconsistent (e.g. a batch that does not split into minibatches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from aligned_rl.divergence import DIVERGENCES
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used, with the reason and the fix."""
+
+
+@dataclasses.dataclass
+class EnvConfig:
+    name: str = "CartPole-v1"  # a registered family or any gymnax environment name
+    num_envs: int = 64  # environments stepped in parallel; their params may all differ
+
+
+@dataclasses.dataclass
+class ConstitutionConfig:
+    name: str = "none"  # a constitution shipped with the environment, or "none"
+    eps: float = 0.0  # floor of sigma on forbidden actions (kl_pi_sigma needs eps > 0)
+    lookahead_samples: int = 1  # keys per action for the one-step lookahead of state rules
+    lookahead_threshold: float = 0.0  # forbid an action when P(forbidden next state) > this
+    params: dict[str, float] = dataclasses.field(default_factory=dict)  # overrides of rule params
+
+
+@dataclasses.dataclass
+class LagrangeConfig:
+    enabled: bool = False
+    target: str = "forbidden_rate"  # "forbidden_rate" or "divergence"
+    budget: float = 0.01  # keep the target under this
+    lr: float = 0.5  # beta <- max(0, beta + lr * (measured - budget)) after every update
+    beta_max: float = 100.0
+
+
+@dataclasses.dataclass
+class AlignmentConfig:
+    divergence: str = "projection"  # one of aligned_rl.DIVERGENCES, or "none" (nothing in the loss)
+    beta: float = 1.0  # weight of E_s[D(sigma, pi)] in the loss (initial value under Lagrange)
+    reward_weight: float = 0.0  # w in (1 - w) r + w 2^-D; 0 leaves the reward alone
+    reward_mode: str = "additive"  # "additive": (1-w) r + w 2^-D; "multiplicative": r * 2^-D
+    shield: bool = False  # mask forbidden actions when acting
+    lagrange: LagrangeConfig = dataclasses.field(default_factory=LagrangeConfig)
+
+
+@dataclasses.dataclass
+class PPOConfig:
+    total_timesteps: int = 500_000
+    num_steps: int = 128  # steps per environment per rollout
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    lr: float = 2.5e-4
+    anneal_lr: bool = True
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    hidden_sizes: list[int] = dataclasses.field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"  # "tanh" or "relu"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    dir: Optional[str] = None  # run directory; default checkpoints/<env>-<constitution>-<seed>-<time>
+    updates_per_chunk: int = 10  # jitted updates between host-side logging/checkpointing
+    checkpoint_every: int = 20  # save every this many updates (rounded up to whole chunks)
+    progress: bool = True  # progress bar
+    tensorboard: bool = True
+    plots: bool = True
+    devices: int = 0  # shard the env batch over this many local devices; 0 = all of them
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    seed: int = 0
+    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
+    constitution: ConstitutionConfig = dataclasses.field(default_factory=ConstitutionConfig)
+    alignment: AlignmentConfig = dataclasses.field(default_factory=AlignmentConfig)
+    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.env.num_envs * self.ppo.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, self.ppo.total_timesteps // self.steps_per_update)
+
+
+def _explain(err: OmegaConfBaseException, where: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    msg = str(err).splitlines()[0]
+    kind = type(err).__name__
+    if kind in ("ConfigKeyError", "ConfigAttributeError"):
+        return ConfigError(f"{where}: unknown config key '{key}'. {msg}. Run `aligned-rl config` to see every key.")
+    return ConfigError(f"{where}: bad value for '{key}': {msg}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Schema defaults <- YAML file <- dotted overrides, validated; returns a TrainConfig."""
+    schema = OmegaConf.structured(TrainConfig)
+    layers = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            layers.append((str(path), OmegaConf.load(path)))
+        except Exception as err:  # YAML syntax errors and the like
+            raise ConfigError(f"{path}: cannot parse YAML: {err}") from err
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. ppo.lr=1e-3)")
+    if overrides:
+        try:
+            layers.append(("command-line override", OmegaConf.from_dotlist(list(overrides))))
+        except OmegaConfBaseException as err:
+            raise _explain(err, "command-line override") from err
+    merged = schema
+    for where, layer in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as err:
+            raise _explain(err, where) from err
+    config: TrainConfig = OmegaConf.to_object(merged)
+    validate(config)
+    return config
+
+
+def from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from a plain nested dict (as saved in a run directory), validated."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(data))
+    except OmegaConfBaseException as err:
+        raise _explain(err, "saved config") from err
+    config: TrainConfig = OmegaConf.to_object(merged)
+    validate(config)
+    return config
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+
+
+def to_yaml(config: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(config: TrainConfig) -> None:
+    """Range and consistency checks that a schema cannot express."""
+    ppo, env, align, cons, run = config.ppo, config.env, config.alignment, config.constitution, config.run
+    _require(env.num_envs >= 1, f"env.num_envs must be >= 1, got {env.num_envs}")
+    _require(ppo.num_steps >= 1, f"ppo.num_steps must be >= 1, got {ppo.num_steps}")
+    _require(ppo.num_minibatches >= 1, f"ppo.num_minibatches must be >= 1, got {ppo.num_minibatches}")
+    _require(
+        config.steps_per_update % ppo.num_minibatches == 0,
+        f"env.num_envs * ppo.num_steps = {config.steps_per_update} does not split into "
+        f"ppo.num_minibatches = {ppo.num_minibatches} equal minibatches; choose a divisor.",
+    )
+    _require(
+        ppo.total_timesteps >= config.steps_per_update,
+        f"ppo.total_timesteps = {ppo.total_timesteps} is less than one update "
+        f"(env.num_envs * ppo.num_steps = {config.steps_per_update})",
+    )
+    _require(ppo.update_epochs >= 1, f"ppo.update_epochs must be >= 1, got {ppo.update_epochs}")
+    _require(ppo.lr > 0, f"ppo.lr must be > 0, got {ppo.lr}")
+    _require(0 < ppo.gamma <= 1, f"ppo.gamma must be in (0, 1], got {ppo.gamma}")
+    _require(0 <= ppo.gae_lambda <= 1, f"ppo.gae_lambda must be in [0, 1], got {ppo.gae_lambda}")
+    _require(len(ppo.hidden_sizes) >= 1 and all(h > 0 for h in ppo.hidden_sizes),
+             f"ppo.hidden_sizes must be a non-empty list of positive widths, got {ppo.hidden_sizes}")
+    _require(ppo.activation in ("tanh", "relu"), f"ppo.activation must be 'tanh' or 'relu', got {ppo.activation!r}")
+    names = ("none",) + DIVERGENCES
+    _require(align.divergence in names, f"alignment.divergence must be one of {names}, got {align.divergence!r}")
+    _require(align.beta >= 0, f"alignment.beta must be >= 0, got {align.beta}")
+    _require(0 <= align.reward_weight <= 1, f"alignment.reward_weight must be in [0, 1], got {align.reward_weight}")
+    _require(align.reward_mode in ("additive", "multiplicative"),
+             f"alignment.reward_mode must be 'additive' or 'multiplicative', got {align.reward_mode!r}")
+    _require(align.lagrange.target in ("forbidden_rate", "divergence"),
+             f"alignment.lagrange.target must be 'forbidden_rate' or 'divergence', got {align.lagrange.target!r}")
+    _require(align.lagrange.budget >= 0, f"alignment.lagrange.budget must be >= 0, got {align.lagrange.budget}")
+    _require(align.lagrange.lr > 0, f"alignment.lagrange.lr must be > 0, got {align.lagrange.lr}")
+    _require(
+        not (align.divergence == "kl_pi_sigma" and cons.eps <= 0 and cons.name != "none"),
+        "alignment.divergence=kl_pi_sigma is infinite wherever sigma is 0; set constitution.eps > 0 "
+        "(e.g. constitution.eps=0.01) or choose another divergence (projection, tv, js, kl_sigma_pi).",
+    )
+    _require(
+        not (align.lagrange.enabled and align.lagrange.target == "divergence" and align.divergence == "none"),
+        "alignment.lagrange.target=divergence needs alignment.divergence other than 'none'",
+    )
+    _require(run.updates_per_chunk >= 1, f"run.updates_per_chunk must be >= 1, got {run.updates_per_chunk}")
+    _require(run.checkpoint_every >= 1, f"run.checkpoint_every must be >= 1, got {run.checkpoint_every}")
+    _require(run.devices >= 0, f"run.devices must be >= 0, got {run.devices}")

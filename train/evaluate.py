@@ -1,0 +1,110 @@
+"""Evaluate a saved policy: one episode in each of ``episodes`` environments, vmapped.
+
+Returns the mean episode return with a 95% confidence interval (normal approximation over
+episodes, which are independent), and the alignment measurements of the same steps:
+forbidden-action rate, mean D(sigma, pi), alignment reward, forbidden-state visits.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aligned_rl.divergence import alignment_reward, divergence
+from aligned_rl.train import checkpoint
+from aligned_rl.train.loop import build, initial_state, load_run_config
+from aligned_rl.train.ppo import AlignedPPO, masked_logits
+
+
+def _max_steps(env_params: Any, fallback: int) -> int:
+    limit = getattr(env_params, "max_steps_in_episode", None)
+    return int(np.max(np.asarray(limit))) if limit is not None else fallback
+
+
+def rollout_episodes(
+    algo: AlignedPPO, params: Any, env_params: Any, cparams: Any, key: jax.Array, max_steps: int, greedy: bool
+) -> dict[str, jax.Array]:
+    """Per-environment sums over the first episode of each environment in ``env_params``."""
+    n = jax.tree.leaves(env_params)[0].shape[0]
+    k_reset, k_run = jax.random.split(key)
+    obs, env_state = jax.vmap(algo.env.reset)(jax.random.split(k_reset, n), env_params)
+    zeros = jnp.zeros((n,), jnp.float32)
+    totals = {k: zeros for k in ("return", "length", "violations", "divergence", "alignment_reward",
+                                  "forbidden_states", "all_forbidden")}
+    carry = (obs, env_state, jnp.ones((n,), bool), totals, k_run)
+
+    def step(carry, _):
+        obs, env_state, active, totals, rng = carry
+        rng, k_act, k_step = jax.random.split(rng, 3)
+        step_keys = jax.random.split(k_step, n)
+        verdict = algo.judge_batch(cparams, env_params, step_keys, obs, env_state)
+        raw = algo.actor.apply(params["actor"], obs)
+        logits = masked_logits(raw, verdict.allowed) if algo.config.alignment.shield else raw
+        action = jnp.argmax(logits, axis=-1) if greedy else jax.random.categorical(k_act, logits)
+        d = divergence(algo.divergence_name, raw, verdict.sigma, verdict.allowed)
+        violated = jnp.take_along_axis(verdict.forbidden, action[:, None], axis=-1)[:, 0] & ~verdict.all_forbidden
+        obs, env_state, reward, terminated, truncated, _ = jax.vmap(algo.env.step)(step_keys, env_state, action, env_params)
+        w = active.astype(jnp.float32)
+        increments = {
+            "return": reward, "length": jnp.ones_like(w), "violations": violated, "divergence": d,
+            "alignment_reward": alignment_reward(d), "forbidden_states": verdict.in_forbidden_state,
+            "all_forbidden": verdict.all_forbidden,
+        }
+        totals = {k: totals[k] + w * increments[k].astype(jnp.float32) for k in totals}
+        active = active & ~(terminated | truncated)
+        return (obs, env_state, active, totals, rng), None
+
+    (_, _, active, totals, _), _ = jax.lax.scan(step, carry, None, length=max_steps)
+    totals["finished"] = (~active).astype(jnp.float32)
+    return totals
+
+
+def mean_ci95(values: np.ndarray) -> dict[str, float]:
+    n = len(values)
+    mean = float(np.mean(values))
+    half = 1.96 * float(np.std(values, ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": mean, "ci95_low": mean - half, "ci95_high": mean + half, "n": n}
+
+
+def evaluate(run_dir: str | Path, episodes: int = 256, greedy: bool = False, seed: int = 12345,
+             which: str = "latest", max_steps: int = 1000) -> dict[str, Any]:
+    """Evaluate the ``which`` ('latest' or 'best') checkpoint of ``run_dir``."""
+    config = load_run_config(run_dir, ["run.devices=1", f"env.num_envs={episodes}"])
+    setup = build(config)
+    mngr = checkpoint.manager(run_dir, read_only=True)
+    step = mngr.latest_step() if which == "latest" else mngr.best_step()
+    if step is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint to evaluate")
+    saved_config = load_run_config(run_dir, ["run.devices=1"])
+    like = initial_state(build(saved_config))
+    state = checkpoint.restore_state(mngr, step, like=like)
+    mngr.close()
+    key = jax.random.PRNGKey(seed)
+    env_params = setup.env_params
+    steps = _max_steps(env_params, max_steps)
+    fn = jax.jit(rollout_episodes, static_argnums=(0, 5, 6))
+    totals = jax.tree.map(np.asarray, fn(setup.algo, state.params, env_params, setup.cparams, key, steps, greedy))
+    length = totals["length"]
+    total_steps = float(length.sum())
+    return {
+        "run_dir": str(run_dir),
+        "checkpoint_update": int(step),
+        "episodes": episodes,
+        "greedy": greedy,
+        "seed": seed,
+        "episode_return": mean_ci95(totals["return"]),
+        "episode_length": mean_ci95(length),
+        "finished_fraction": float(totals["finished"].mean()),
+        "forbidden_rate": float(totals["violations"].sum() / total_steps),
+        "divergence": float(totals["divergence"].sum() / total_steps),
+        "divergence_name": setup.algo.divergence_name,
+        "alignment_reward": float(totals["alignment_reward"].sum() / total_steps),
+        "forbidden_state_rate": float(totals["forbidden_states"].sum() / total_steps),
+        "all_forbidden_rate": float(totals["all_forbidden"].sum() / total_steps),
+        "constitution": setup.constitution.name,
+    }

@@ -1,0 +1,303 @@
+"""The host loop: build a run, compile its chunk once, train chunk by chunk, save, log, resume.
+
+Between jitted chunks of ``run.updates_per_chunk`` PPO updates the host writes a line of
+metrics.jsonl, TensorBoard scalars and the progress bar, and every ``run.checkpoint_every``
+updates (rounded up to whole chunks) saves the whole TrainState with orbax.  Compile time is
+measured apart (ahead-of-time ``lower().compile()``) and excluded from steps per second.
+
+A resumed run rebuilds everything from the saved config, restores the TrainState of the
+latest complete checkpoint and continues on the same chunk boundaries, so it ends bit for
+bit where an uninterrupted run would have ended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import aligned_rl.envs as envs
+from aligned_rl.constitution import Constitution
+from aligned_rl.train import checkpoint, plots
+from aligned_rl.train.config import ConfigError, TrainConfig, from_dict, to_dict, to_yaml
+from aligned_rl.train.ppo import AlignedPPO, TrainState
+from aligned_rl.train.run_log import RunLog, chunk_record, non_finite_keys, truncate_metrics
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+# Keys a resumed run may change: they affect I/O, never the numbers.
+RESUMABLE_CHANGES = (
+    "run.dir", "run.progress", "run.tensorboard", "run.plots", "run.checkpoint_every", "run.updates_per_chunk",
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or metric became NaN/inf; the run stopped without saving the bad state."""
+
+
+class ResumeMismatch(ValueError):
+    """A resume whose config or constitution does not match the saved run."""
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything static about a run, built from its config."""
+
+    config: TrainConfig
+    env: Any
+    constitution: Constitution
+    algo: AlignedPPO
+    env_params: Any  # [N] batch
+    cparams: Any
+    mesh: Mesh | None
+
+
+def build_constitution(config: TrainConfig) -> Constitution:
+    cons = envs.constitution(config.env.name, config.constitution.name)
+    if config.constitution.params:
+        cons = cons.with_params(**{k: jnp.float32(v) for k, v in config.constitution.params.items()})
+    return dataclasses.replace(
+        cons,
+        eps=config.constitution.eps,
+        lookahead_samples=config.constitution.lookahead_samples,
+        lookahead_threshold=config.constitution.lookahead_threshold,
+    )
+
+
+def _device_mesh(config: TrainConfig) -> Mesh | None:
+    devices = jax.local_devices()
+    count = config.run.devices or len(devices)
+    if count > len(devices):
+        raise ConfigError(f"run.devices={count} but only {len(devices)} local device(s) are visible")
+    if count == 1:
+        return None
+    if config.env.num_envs % count:
+        raise ConfigError(
+            f"env.num_envs={config.env.num_envs} does not split over {count} devices; "
+            f"use a multiple of {count} or set run.devices"
+        )
+    return Mesh(np.array(devices[:count]), ("envs",))
+
+
+def build(config: TrainConfig) -> Setup:
+    """Environment, constitution, learner and the env-param batch for ``config``."""
+    try:
+        spec = envs.spec(config.env.name)
+        constitution = build_constitution(config)
+    except (KeyError, ValueError) as err:
+        raise ConfigError(str(err.args[0] if err.args else err)) from err
+    env = spec.make()
+    params_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    env_params = spec.sample_params(env, params_key, config.env.num_envs)
+    algo = AlignedPPO(config, env, env.default_params, constitution)
+    mesh = _device_mesh(config)
+    setup = Setup(config, env, constitution, algo, env_params, constitution.params, mesh)
+    if mesh is not None:
+        setup.env_params = jax.device_put(env_params, NamedSharding(mesh, PartitionSpec("envs")))
+    return setup
+
+
+def state_shardings(setup: Setup, state: TrainState) -> Any:
+    """Env-batched fields split over the mesh's 'envs' axis; parameters replicated."""
+    batch = NamedSharding(setup.mesh, PartitionSpec("envs"))
+    repl = NamedSharding(setup.mesh, PartitionSpec())
+    shardings = jax.tree.map(lambda _: repl, state)
+    return shardings.replace(
+        env_state=jax.tree.map(lambda _: batch, state.env_state),
+        obs=batch,
+        episode_return=batch,
+        episode_length=batch,
+    )
+
+
+def initial_state(setup: Setup) -> TrainState:
+    state = jax.jit(setup.algo.init)(jax.random.PRNGKey(setup.config.seed), setup.env_params)
+    if setup.mesh is not None:
+        state = jax.device_put(state, state_shardings(setup, state))
+    return state
+
+
+class ChunkRunner:
+    """Ahead-of-time compiled chunks of PPO updates, one executable per chunk length."""
+
+    def __init__(self, setup: Setup, example: TrainState):
+        self.setup = setup
+        kwargs = {"static_argnums": 3, "donate_argnums": 0}
+        if setup.mesh is not None:
+            repl = NamedSharding(setup.mesh, PartitionSpec())
+            kwargs["out_shardings"] = (state_shardings(setup, example), repl)
+        self.jitted = jax.jit(setup.algo.run_updates, **kwargs)
+        self.compiled: dict[int, Any] = {}
+        self.compile_seconds = 0.0
+
+    def __call__(self, state: TrainState, num_updates: int) -> tuple[TrainState, dict[str, np.ndarray], float]:
+        s = self.setup
+        if num_updates not in self.compiled:
+            start = time.perf_counter()
+            self.compiled[num_updates] = self.jitted.lower(state, s.env_params, s.cparams, num_updates).compile()
+            self.compile_seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        state, metrics = self.compiled[num_updates](state, s.env_params, s.cparams)
+        jax.block_until_ready((state, metrics))
+        seconds = time.perf_counter() - start
+        return state, jax.tree.map(np.asarray, metrics), seconds
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("checkpoints") / f"{config.env.name}-{config.constitution.name}-s{config.seed}-{stamp}"
+
+
+def _meta(setup: Setup, update: int, best_return: float | None) -> dict:
+    return {
+        "config": to_dict(setup.config),
+        "constitution": {"name": setup.constitution.name, "fingerprint": setup.constitution.fingerprint()},
+        "versions": checkpoint.package_versions(),
+        "update": update,
+        "env_steps": update * setup.config.steps_per_update,
+        "best_return": best_return,
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
+    a, b = _flatten(to_dict(saved)), _flatten(to_dict(current))
+    return [
+        f"{k}: saved {a.get(k)!r}, now {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES
+    ]
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The config saved in ``run_dir`` with ``overrides`` applied (validated)."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
+    data = OmegaConf.to_container(OmegaConf.load(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+    merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
+    config = from_dict(OmegaConf.to_container(merged))
+    config.run.dir = str(run_dir)
+    return config
+
+
+def train(config: TrainConfig, resume: bool = False, force: bool = False) -> dict:
+    """Train (or resume) the run described by ``config``; returns the summary it writes."""
+    run_dir = Path(config.run.dir) if config.run.dir else default_run_dir(config)
+    config.run.dir = str(run_dir)
+    setup = build(config)
+    mngr = checkpoint.manager(run_dir)
+    state = initial_state(setup)
+    start_update, best_return = 0, None
+    latest = checkpoint.latest_step(mngr)
+    if resume:
+        if latest is None:
+            raise ResumeMismatch(f"{run_dir} has no complete checkpoint to resume from")
+        meta = checkpoint.restore_meta(mngr, latest)
+        _check_resume(setup, meta, force)
+        state = checkpoint.restore_state(mngr, latest, like=state)
+        start_update, best_return = int(state.update), meta.get("best_return")
+        truncate_metrics(run_dir, start_update)
+    elif latest is not None:
+        raise ResumeMismatch(
+            f"{run_dir} already holds checkpoints (latest at update {latest}); "
+            f"resume it with `aligned-rl train --resume {run_dir}` or choose another run.dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(to_yaml(config))
+
+    total = config.num_updates
+    chunk = config.run.updates_per_chunk
+    save_every = config.run.checkpoint_every
+    runner = ChunkRunner(setup, state)
+    log = RunLog(run_dir, total, start_update, config.run.tensorboard, config.run.progress)
+    run_seconds, steps_run, record = 0.0, 0, None
+    update = start_update
+    try:
+        while update < total:
+            # chunk boundaries are multiples of `chunk` from 0, so a resumed run lines up with a fresh one
+            n = min(chunk - update % chunk, total - update)
+            state, metrics, seconds = runner(state, n)
+            bad = non_finite_keys(metrics)
+            if bad:
+                raise TrainingDiverged(
+                    f"non-finite values in {bad} during updates {update + 1}..{update + n}; the run stopped "
+                    f"and this state was not saved. The last good checkpoint in {run_dir / 'checkpoints'} "
+                    f"(update {checkpoint.latest_step(mngr)}) is intact. Lower ppo.lr or "
+                    f"alignment.beta, or check the environment's rewards."
+                )
+            previous, update = update, update + n
+            run_seconds += seconds
+            steps_run += n * config.steps_per_update
+            record = chunk_record(metrics, update * config.steps_per_update, update, n * config.steps_per_update / seconds)
+            log.write(record)
+            if record["episode_return"] is not None:
+                best_return = max(best_return, record["episode_return"]) if best_return is not None else record["episode_return"]
+            if update // save_every > previous // save_every or update == total:
+                checkpoint.save(mngr, update, state, _meta(setup, update, best_return),
+                                record["episode_return"] if record["episode_return"] is not None else -np.inf)
+    finally:
+        log.close()
+        mngr.close()
+    summary = {
+        "run_dir": str(run_dir),
+        "updates": update,
+        "env_steps": update * config.steps_per_update,
+        "env_steps_this_process": steps_run,
+        "train_seconds": run_seconds,
+        "compile_seconds": runner.compile_seconds,
+        "sps": steps_run / run_seconds if run_seconds > 0 else None,
+        "best_return": best_return,
+        "final": record,
+        "devices": [str(d) for d in (setup.mesh.devices.flat if setup.mesh is not None else jax.local_devices()[:1])],
+        "constitution": {"name": setup.constitution.name, "fingerprint": setup.constitution.fingerprint()},
+        "versions": checkpoint.package_versions(),
+    }
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    if config.run.plots:
+        plots.plot_run(run_dir)
+    return summary
+
+
+def _check_resume(setup: Setup, meta: dict, force: bool) -> None:
+    problems = []
+    saved_fp = meta.get("constitution", {}).get("fingerprint")
+    now_fp = setup.constitution.fingerprint()
+    if saved_fp != now_fp:
+        problems.append(
+            f"the constitution differs from the one the run was trained with "
+            f"(saved {meta['constitution'].get('name')}@{saved_fp}, now {setup.constitution.name}@{now_fp})"
+        )
+    try:
+        saved = from_dict(meta["config"])
+        problems += config_differences(saved, setup.config)
+    except ConfigError as err:
+        problems.append(f"the saved config no longer validates: {err}")
+    if problems and not force:
+        raise ResumeMismatch(
+            "refusing to resume: " + "; ".join(problems) + ". Pass --force to resume anyway "
+            "(the result will not match an uninterrupted run)."
+        )

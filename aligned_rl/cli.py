@@ -105,6 +105,9 @@ def _train(args: argparse.Namespace) -> int:
         return _fail(str(err), 2)
     except TrainingDiverged as err:
         return _fail(f"training diverged: {err}", 3)
+    if not summary.get("sps"):
+        print(f"nothing to do: {summary['run_dir']} is at update {summary['updates']} of {summary.get('total_updates')}")
+        return 0
     final = summary["final"] or {}
     ret = final.get("episode_return")
     print(

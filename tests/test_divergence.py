@@ -28,7 +28,7 @@ LN2 = math.log(2.0)
 NAMES = ("kl_pi_sigma", "kl_sigma_pi", "tv", "js", "projection")
 
 SETTINGS = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -168,9 +168,12 @@ EPS = st.one_of(
 
 @st.composite
 def cases(draw, min_logit=-8.0, max_logit=8.0):
-    """(logits f32 [B, A], forbidden bool [B, A], eps) with A in 2..8, B in 1..3."""
+    """(logits f32 [B, A], forbidden bool [B, A], eps) with A in 2..8, B = 3.
+
+    B is fixed so that only 7 shapes get compiled; each example still holds three
+    independent rows."""
     a = draw(st.integers(2, 8))
-    b = draw(st.integers(1, 3))
+    b = 3
     logits = draw(
         hnp.arrays(
             np.float32,
@@ -207,6 +210,8 @@ def _sum_grad(fn):
     return jax.jit(jax.grad(lambda z, s: jnp.sum(fn(z, s))))
 
 
+_log2_prob_allowed_jit = jax.jit(lambda z, m: dv.log2_prob_allowed(z, m))
+
 LIBRARY_GRAD = {name: _sum_grad(fn) for name, fn in LIBRARY.items()}
 LIBRARY_GRAD["projection"] = _sum_grad(dv.projection)
 
@@ -242,7 +247,7 @@ def test_matches_float64_reference(case):
 def test_projection_matches_reference_for_extreme_logits(case):
     """Projection is computed in log space: no underflow to -log2(0) = inf."""
     logits, sigma, allowed, _ = build(*case)
-    got = np.asarray(dv.projection(logits, allowed))
+    got = lib_all(logits, sigma, allowed)["projection"]
     want = ref_projection(np.asarray(logits, np.float64), np.asarray(allowed))
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
@@ -350,11 +355,13 @@ def test_zero_at_pi_equal_sigma(case):
     assume(eps > 0)
     sigma, _, _ = reference_policy(jnp.asarray(forbidden), eps)
     logits = jnp.log(sigma)
-    for name, fn in LIBRARY.items():
-        np.testing.assert_allclose(fn(logits, sigma), 0.0, atol=2e-6, err_msg=name)
+    allowed = jnp.ones(sigma.shape, bool)
     # Any constant shift of the logits leaves pi unchanged.
-    for name, fn in LIBRARY.items():
-        np.testing.assert_allclose(fn(logits + 3.0, sigma), 0.0, atol=2e-6, err_msg=name)
+    for shift in (0.0, 3.0):
+        d = lib_all(logits + shift, sigma, allowed)
+        for name in LIBRARY:
+            np.testing.assert_allclose(d[name], 0.0, atol=2e-6, err_msg=(name, shift))
+        np.testing.assert_allclose(d["projection"], 0.0, atol=1e-6)
 
 
 @SETTINGS
@@ -398,7 +405,7 @@ def test_ranges_and_non_negativity(case):
 def test_kl_pi_sigma_infinite_iff_sigma_has_zero(case):
     logits, forbidden, eps = case
     logits, sigma, allowed, all_forbidden = build(logits, forbidden, eps)
-    d = np.asarray(dv.kl_pi_sigma(logits, sigma))
+    d = lib_all(logits, sigma, allowed)["kl_pi_sigma"]
     sigma_has_zero = np.asarray(jnp.any(sigma == 0, axis=-1))
     if eps > 0:
         assert not sigma_has_zero.any()
@@ -415,11 +422,13 @@ def test_kl_pi_sigma_infinite_iff_sigma_has_zero(case):
 @given(cases())
 def test_alignment_reward_of_projection_is_prob_allowed(case):
     logits, sigma, allowed, _ = build(*case)
-    d = dv.projection(logits, allowed)
+    d = lib_all(logits, sigma, allowed)["projection"]
     r = np.asarray(dv.alignment_reward(d))
     p_allowed = (np_softmax(np.asarray(logits, np.float64)) * np.asarray(allowed)).sum(-1)
     np.testing.assert_allclose(r, p_allowed, rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(np.asarray(dv.log2_prob_allowed(logits, allowed)), -np.asarray(d), rtol=0, atol=0)
+    np.testing.assert_allclose(
+        np.asarray(_log2_prob_allowed_jit(logits, allowed)), -d, rtol=1e-5, atol=1e-6
+    )
     assert np.all(r > 0) and np.all(r <= 1.0 + 1e-6)
 
 
@@ -434,10 +443,11 @@ def test_projection_is_kl_to_nearest_compliant_policy(case, data):
     a = np.asarray(allowed)
     pi = np_softmax(l64)
     q_star = np.where(a, pi, 0.0) / (pi * a).sum(-1, keepdims=True)
-    proj = np.asarray(dv.projection(logits, allowed))
+    d = lib_all(logits, sigma0, allowed)
+    proj = d["projection"]
     np.testing.assert_allclose(np_kl_bits(q_star, pi), proj, rtol=1e-4, atol=2e-5)
     # sigma with eps = 0 is compliant
-    assert np.all(np.asarray(dv.kl_sigma_pi(logits, sigma0)) >= proj - 1e-5)
+    assert np.all(d["kl_sigma_pi"] >= proj - 1e-5)
     # random compliant q
     w = data.draw(hnp.arrays(np.float64, a.shape, elements=st.floats(0.0, 1.0)))
     w = np.where(a, w + 1e-3, 0.0)
@@ -445,11 +455,14 @@ def test_projection_is_kl_to_nearest_compliant_policy(case, data):
     assert np.all(np_kl_bits(q, pi) >= proj - 1e-5)
 
 
-@SETTINGS
-@given(cases())
-def test_dispatcher_agrees(case):
-    logits, sigma, allowed, _ = build(*case)
-    direct = lib_all(logits, sigma, allowed)
+@pytest.mark.parametrize("eps", [0.0, 0.05])
+@pytest.mark.parametrize("num_actions", [2, 5])
+def test_dispatcher_agrees(eps, num_actions):
+    key_l, key_f = jax.random.split(jax.random.PRNGKey(num_actions))
+    logits = 3.0 * jax.random.normal(key_l, (6, num_actions))
+    forbidden = jax.random.bernoulli(key_f, 0.5, (6, num_actions))
+    logits, sigma, allowed, _ = build(logits, forbidden, eps)
+    direct = {k: np.asarray(v) for k, v in _lib_all(logits, sigma, allowed).items()}  # eager
     for name in NAMES:
         np.testing.assert_array_equal(np.asarray(dv.divergence(name, logits, sigma, allowed)), direct[name])
 
@@ -554,7 +567,7 @@ def test_gradients_at_sigma_equal_pi(name, logits):
 # --------------------------------------------------------------------------------------
 
 
-def _batch(seed=0, b=16, a=5, eps=0.01):
+def _batch(seed=0, b=6, a=5, eps=0.01):
     key_l, key_f = jax.random.split(jax.random.PRNGKey(seed))
     logits = 4.0 * jax.random.normal(key_l, (b, a))
     forbidden = jax.random.bernoulli(key_f, 0.4, (b, a))

@@ -83,6 +83,7 @@ class RunConfig:
     tensorboard: bool = True
     plots: bool = True
     devices: int = 0  # shard the env batch over this many local devices; 0 = all of them
+    stop_at_update: int = 0  # stop after this update with a checkpoint (resume later); 0 = run to the end
 
 
 @dataclasses.dataclass
@@ -211,4 +212,5 @@ def validate(config: TrainConfig) -> None:
     )
     _require(run.updates_per_chunk >= 1, f"run.updates_per_chunk must be >= 1, got {run.updates_per_chunk}")
     _require(run.checkpoint_every >= 1, f"run.checkpoint_every must be >= 1, got {run.checkpoint_every}")
+    _require(run.stop_at_update >= 0, f"run.stop_at_update must be >= 0, got {run.stop_at_update}")
     _require(run.devices >= 0, f"run.devices must be >= 0, got {run.devices}")

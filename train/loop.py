@@ -35,6 +35,7 @@ SUMMARY_FILE = "summary.json"
 # Keys a resumed run may change: they affect I/O, never the numbers.
 RESUMABLE_CHANGES = (
     "run.dir", "run.progress", "run.tensorboard", "run.plots", "run.checkpoint_every", "run.updates_per_chunk",
+    "run.stop_at_update",
 )
 
 
@@ -230,6 +231,10 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False) -> dic
     (run_dir / CONFIG_FILE).write_text(to_yaml(config))
 
     total = config.num_updates
+    end = min(total, config.run.stop_at_update) if config.run.stop_at_update else total
+    if start_update >= end and (run_dir / SUMMARY_FILE).exists():
+        mngr.close()
+        return json.loads((run_dir / SUMMARY_FILE).read_text())  # nothing left to do
     chunk = config.run.updates_per_chunk
     save_every = config.run.checkpoint_every
     runner = ChunkRunner(setup, state)
@@ -237,9 +242,9 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False) -> dic
     run_seconds, steps_run, record = 0.0, 0, None
     update = start_update
     try:
-        while update < total:
+        while update < end:
             # chunk boundaries are multiples of `chunk` from 0, so a resumed run lines up with a fresh one
-            n = min(chunk - update % chunk, total - update)
+            n = min(chunk - update % chunk, end - update)
             state, metrics, seconds = runner(state, n)
             bad = non_finite_keys(metrics)
             if bad:
@@ -256,7 +261,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False) -> dic
             log.write(record)
             if record["episode_return"] is not None:
                 best_return = max(best_return, record["episode_return"]) if best_return is not None else record["episode_return"]
-            if update // save_every > previous // save_every or update == total:
+            if update // save_every > previous // save_every or update == end:
                 checkpoint.save(mngr, update, state, _meta(setup, update, best_return),
                                 record["episode_return"] if record["episode_return"] is not None else -np.inf)
     finally:
@@ -265,6 +270,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False) -> dic
     summary = {
         "run_dir": str(run_dir),
         "updates": update,
+        "total_updates": total,
         "env_steps": update * config.steps_per_update,
         "env_steps_this_process": steps_run,
         "train_seconds": run_seconds,

@@ -6,6 +6,11 @@ CartPole config. SB3 compiles nothing: the model (networks, optimizer, environme
 first, outside the timing, then ``model.learn(total_timesteps)`` is timed. Its learning rate is
 annealed linearly to 0, as the project's trainer does.
 
+``--threads`` sets torch's intra-op threads (default 1; 0 keeps torch's default of one per core).
+For networks this small, thread synchronisation costs more than it saves, and with any other
+load on the machine a multi-threaded torch slows down by an order of magnitude; one thread is
+the setting SB3's maintainers suggest for speed on CPU.
+
 Prints one JSON line: {"name", "sps", "env_steps", "seconds", "compile_seconds", "versions", ...}.
 """
 
@@ -26,9 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--minibatches", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads; 0 = torch's default")
     args = parser.parse_args(argv)
 
     import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv

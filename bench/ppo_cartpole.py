@@ -1,0 +1,388 @@
+"""PPO training throughput on CartPole: aligned-rl (aligned and unaligned) against rejax and SB3.
+
+Run from the repository root with the project's environment active:
+
+    python bench/ppo_cartpole.py                     # everything, defaults below
+    python bench/ppo_cartpole.py --repeats 3         # median of 3 runs per entry
+    python bench/ppo_cartpole.py --skip sb3          # leave out a peer (ours, ours-none, rejax, sb3)
+
+Every entry trains PPO with the same hyperparameters (64 envs, 128 steps per rollout, 4 epochs,
+4 minibatches, lr 2.5e-4, gamma 0.99, GAE lambda 0.95, clip 0.2, entropy 0.01, value 0.5,
+max grad norm 0.5, 2x64 tanh networks) and reports environment steps per second of training,
+compile time excluded, with results blocked until ready. Peers run in their own virtual
+environments under bench/.venvs/, created on first use with the Python running this script and
+the pinned requirements in bench/peers/. Results go to bench/results/ppo_cartpole.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+VENVS = BENCH / ".venvs"
+PEERS = BENCH / "peers"
+DEFAULT_OUT = BENCH / "results" / "ppo_cartpole.json"
+
+ENTRIES = ("ours", "ours-none", "rejax", "sb3")
+LABELS = {
+    "ours": "aligned-rl, aligned (safe_zone, projection)",
+    "ours-none": "aligned-rl, alignment off",
+    "rejax": "rejax PPO",
+    "sb3": "Stable-Baselines3 PPO (torch CPU)",
+}
+
+# The shared hyperparameters, as aligned-rl overrides (the peers set the same in their runners).
+PPO_OVERRIDES = (
+    "ppo.lr=2.5e-4", "ppo.anneal_lr=true", "ppo.gamma=0.99", "ppo.gae_lambda=0.95", "ppo.clip_eps=0.2",
+    "ppo.ent_coef=0.01", "ppo.vf_coef=0.5", "ppo.max_grad_norm=0.5", "ppo.hidden_sizes=[64,64]",
+    "ppo.activation=tanh",
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def tail(text: str, lines: int = 25) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def venv_python(name: str) -> Path:
+    return VENVS / name / "bin" / "python"
+
+
+def ensure_venv(name: str, rebuild: bool = False) -> tuple[Path | None, str]:
+    """The peer's venv, created with this interpreter and its pinned requirements if missing or
+    stale (the requirements file changed). Returns (python, "") or (None, error text)."""
+    requirements = PEERS / f"requirements-{name}.txt"
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    venv = VENVS / name
+    stamp = venv / ".requirements.sha256"
+    python = venv_python(name)
+    if not rebuild and python.exists() and stamp.exists() and stamp.read_text().strip() == digest:
+        return python, ""
+    if venv.exists():
+        shutil.rmtree(venv)
+    say(f"[setup] creating {venv.relative_to(ROOT)} from {requirements.relative_to(ROOT)} (first run only; minutes)")
+    steps = [
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
+        [str(python), "-m", "pip", "install", "--quiet", "-r", str(requirements)],
+    ]
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return None, f"`{' '.join(cmd)}` failed with exit code {proc.returncode}:\n{tail(proc.stdout + proc.stderr)}"
+    stamp.write_text(digest + "\n")
+    return python, ""
+
+
+def aligned_rl_command() -> list[str]:
+    """The `aligned-rl` console script of the environment running this script."""
+    script = Path(sys.executable).parent / "aligned-rl"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("aligned-rl")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from aligned_rl.cli import main; sys.exit(main())"]
+
+
+def unaligned_config(source: Path, dest: Path) -> Path:
+    """``source`` with no constitution at all and no divergence in the loss. Its constitution
+    section goes whole: the parameters of a constitution do not fit "none"."""
+    from omegaconf import OmegaConf  # a dependency of aligned-rl, so present where it runs
+
+    cfg = OmegaConf.load(source)
+    cfg.constitution = {"name": "none"}
+    if "alignment" not in cfg:
+        cfg.alignment = {}
+    cfg.alignment.divergence = "none"
+    OmegaConf.save(cfg, dest)
+    return dest
+
+
+def run_ours(args: argparse.Namespace, aligned: bool) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-ppo-") as tmp:
+        run_dir = Path(tmp) / "run"
+        config = Path(args.config)
+        if not aligned:
+            config = unaligned_config(config, Path(tmp) / "unaligned.yaml")
+        cmd = aligned_rl_command() + ["train", "--config", str(config),
+            f"run.dir={run_dir}",
+            f"ppo.total_timesteps={args.timesteps}",
+            f"env.num_envs={args.num_envs}",
+            f"ppo.num_steps={args.num_steps}",
+            f"ppo.update_epochs={args.epochs}",
+            f"ppo.num_minibatches={args.minibatches}",
+            *PPO_OVERRIDES,
+            f"seed={args.seed}",
+            "run.progress=false",
+            "run.updates_per_chunk=1000",
+        ]
+        if not aligned:
+            cmd += ["constitution.name=none", "alignment.divergence=none"]
+        load = os.getloadavg()[0]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
+        wall = time.perf_counter() - start
+        summary_path = run_dir / "summary.json"
+        if proc.returncode != 0 or not summary_path.exists():
+            raise RuntimeError(
+                f"`{' '.join(cmd)}` exited {proc.returncode}"
+                + ("" if summary_path.exists() else f" and wrote no {summary_path.name}")
+                + f"\n{tail(proc.stdout + proc.stderr)}"
+            )
+        summary = json.loads(summary_path.read_text())
+    return {
+        "name": LABELS["ours" if aligned else "ours-none"],
+        "sps": float(summary["sps"]),
+        "env_steps": int(summary["env_steps"]),
+        "seconds": summary.get("train_seconds"),
+        "compile_seconds": summary.get("compile_seconds"),
+        "wall_seconds": wall,
+        "loadavg_1min_before": load,
+        "command": " ".join(cmd),
+        "versions": summary.get("versions", {}),
+    }
+
+
+def run_peer(args: argparse.Namespace, name: str, python: Path) -> dict:
+    timesteps = args.sb3_timesteps if name == "sb3" else args.timesteps
+    cmd = [
+        str(python), str(PEERS / f"{name}_ppo.py"),
+        f"--timesteps={timesteps}",
+        f"--num-envs={args.num_envs}",
+        f"--num-steps={args.num_steps}",
+        f"--epochs={args.epochs}",
+        f"--minibatches={args.minibatches}",
+        f"--seed={args.seed}",
+    ]
+    if name == "sb3":
+        cmd.append(f"--threads={args.sb3_threads}")
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
+    wall = time.perf_counter() - start
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}\n{tail(proc.stdout + proc.stderr)}")
+    result = json.loads(lines[-1])
+    result["wall_seconds"] = wall
+    result["loadavg_1min_before"] = load
+    result["command"] = " ".join(cmd)
+    return result
+
+
+def machine_info() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_gib"] = round(int(line.split()[1]) / 2**20, 1)
+                break
+    except OSError:
+        pass
+    try:
+        import jax
+
+        info["jax_devices"] = [str(d) for d in jax.devices()]
+    except Exception as err:  # the table still means something without it
+        info["jax_devices"] = f"unavailable: {err}"
+    info["env"] = {k: v for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_", "OPENBLAS_", "OMP_", "MKL_"))}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        if commit.returncode == 0:
+            info["git_commit"] = commit.stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+def own_versions() -> dict:
+    versions = {}
+    for name in ("aligned-rl", "jax", "jaxlib", "gymnax", "flax", "optax"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def fmt_sps(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--timesteps", type=int, default=500_000, help="env steps per training run (ours, rejax)")
+    p.add_argument("--sb3-timesteps", type=int, default=100_000,
+                   help="env steps per SB3 run (SB3 is slow; SPS is a rate)")
+    p.add_argument("--sb3-threads", type=int, default=1,
+                   help="torch intra-op threads for SB3 (0 = torch's default, one per core)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per entry; the median SPS is reported")
+    p.add_argument("--skip", default="", help=f"comma-separated entries to leave out: {','.join(ENTRIES)}")
+    p.add_argument("--num-envs", type=int, default=64)
+    p.add_argument("--num-steps", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--minibatches", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", type=Path, default=ROOT / "configs" / "cartpole.yaml",
+                   help="aligned-rl config for the aligned entry")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per training run")
+    p.add_argument("--rebuild-venvs", action="store_true", help="recreate the peers' venvs")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    args = p.parse_args(argv)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = skip - set(ENTRIES)
+    if unknown:
+        p.error(f"--skip: unknown entries {sorted(unknown)}; choose from {', '.join(ENTRIES)}")
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    if (args.num_envs * args.num_steps) % args.minibatches:
+        p.error("--num-envs * --num-steps must split into --minibatches equal minibatches")
+    args.skip = skip
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    entries = [e for e in ENTRIES if e not in args.skip]
+    say(
+        f"PPO on CartPole-v1: {args.num_envs} envs x {args.num_steps} steps, {args.epochs} epochs, "
+        f"{args.minibatches} minibatches; {args.timesteps:,} env steps per run"
+        + (f" ({args.sb3_timesteps:,} for SB3)" if "sb3" in entries else "")
+        + f"; {args.repeats} repeat(s), median reported"
+    )
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        say(f"note: 1-minute load average is {load:.2f} before starting; other work on this machine skews the numbers")
+
+    results: dict[str, dict] = {}
+    for entry in entries:
+        record: dict = {"label": LABELS[entry], "status": "ok", "runs": []}
+        results[entry] = record
+        python = None
+        if entry in ("rejax", "sb3"):
+            python, error = ensure_venv(entry, rebuild=args.rebuild_venvs)
+            if python is None:
+                record.update(status="failed", error=error)
+                say(f"[{entry}] FAILED to set up its venv:\n{error}")
+                continue
+        for i in range(args.repeats):
+            say(f"[{entry}] run {i + 1}/{args.repeats} ...")
+            try:
+                if entry == "ours":
+                    run = run_ours(args, aligned=True)
+                elif entry == "ours-none":
+                    run = run_ours(args, aligned=False)
+                else:
+                    run = run_peer(args, entry, python)
+            except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, ValueError) as err:
+                record.update(status="failed", error=str(err))
+                say(f"[{entry}] FAILED:\n{err}")
+                break
+            record["runs"].append(run)
+            compile_s = run.get("compile_seconds")
+            say(
+                f"[{entry}]   {fmt_sps(run['sps'])} steps/s over {run['env_steps']:,} env steps"
+                + (f" (compile {compile_s:.1f}s excluded)" if compile_s else "")
+            )
+        if record["runs"]:
+            record["sps"] = statistics.median(r["sps"] for r in record["runs"])
+            record["env_steps"] = record["runs"][-1]["env_steps"]
+            record["versions"] = record["runs"][-1].get("versions", {})
+
+    # ------------------------------------------------------------------ table
+    ref = results.get("ours", {}).get("sps")
+    rows = []
+    for entry, record in results.items():
+        sps = record.get("sps")
+        ratio = f"{ref / sps:.2f}x" if ref and sps else "-"
+        steps = f"{record['env_steps']:,}" if record.get("env_steps") else "-"
+        status = "" if record["status"] == "ok" else "FAILED"
+        rows.append((record["label"], fmt_sps(sps), steps, ratio, status))
+    header = ("entry", "SPS (median)", "env steps", "aligned-ours / this", "")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).rjust(w) if 0 < i < 4 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    print()
+    print(line(header).rstrip())
+    print("  ".join("-" * w for w in widths[:4]))
+    for r in rows:
+        print(line(r).rstrip())
+    none_sps = results.get("ours-none", {}).get("sps")
+    if ref and none_sps:
+        print(f"\naligned / alignment off: {ref / none_sps:.2f}x "
+              f"(alignment changes throughput by {100 * (ref / none_sps - 1):+.1f}%)")
+    if "sb3" in results and args.sb3_timesteps != args.timesteps:
+        print(f"SB3 was measured over {args.sb3_timesteps:,} env steps (the others over {args.timesteps:,}); SPS is a rate.")
+    failed = [e for e, r in results.items() if r["status"] != "ok"]
+    if failed:
+        print(f"failed: {', '.join(failed)} (see the errors above)")
+
+    # ------------------------------------------------------------------ results file
+    out = {
+        "benchmark": "PPO training throughput on CartPole-v1 (env steps/s, compile excluded)",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "hyperparameters": {
+            "num_envs": args.num_envs, "num_steps": args.num_steps, "epochs": args.epochs,
+            "minibatches": args.minibatches, "lr": 2.5e-4, "gamma": 0.99, "gae_lambda": 0.95,
+            "clip_eps": 0.2, "ent_coef": 0.01, "vf_coef": 0.5, "max_grad_norm": 0.5,
+            "network": "2x64 tanh (separate actor and critic)",
+        },
+        "timesteps": args.timesteps,
+        "sb3_timesteps": args.sb3_timesteps,
+        "sb3_torch_threads": args.sb3_threads,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "machine": machine_info(),
+        "versions": own_versions(),
+        "results": results,
+        "ratios": {
+            f"ours/{e}": ref / r["sps"] for e, r in results.items() if e != "ours" and ref and r.get("sps")
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    tmp.replace(args.out)
+    try:
+        shown = args.out.resolve().relative_to(ROOT)
+    except ValueError:
+        shown = args.out
+    print(f"results written to {shown}")
+    return 1 if failed and len(failed) == len(results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

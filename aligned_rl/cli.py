@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"nothing to do: {summary['run_dir']} is at update {summary['updates']} of {summary.get('total_updates')}")
         return 0
     final = summary["final"] or {}
-    ret = final.get("episode_return")
+    ret = summary.get("final_episode_return")
     print(
         f"done: {summary['env_steps']:,} steps, return {ret if ret is None else round(ret, 1)}, "
         f"forbidden-action rate {final.get('forbidden_rate', float('nan')):.4f}, "

@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -68,9 +69,9 @@ class Constitution:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.eps < 0:
-            raise ValueError(f"constitution {self.name!r}: eps must be >= 0, got {self.eps}")
-        if self.lookahead_samples < 1:
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"constitution {self.name!r}: eps must be a finite number >= 0, got {self.eps}")
+        if not isinstance(self.lookahead_samples, int) or self.lookahead_samples < 1:
             raise ValueError(
                 f"constitution {self.name!r}: lookahead_samples must be >= 1, got {self.lookahead_samples}"
             )
@@ -123,7 +124,7 @@ class Judgement(NamedTuple):
     """What a constitution says about one state (leading batch axes allowed).
 
     forbidden: [A] actions the rules forbid (after lookahead), before any fallback.
-    allowed: [A] actions sigma treats as allowed (all of them when all are forbidden).
+    allowed: [A] actions sigma treats as allowed (the least-bad fallback when all are forbidden).
     sigma: [A] the reference policy.
     all_forbidden: every action was forbidden, so the fallback was used.
     in_forbidden_state: the state itself breaks a state rule.
@@ -199,23 +200,6 @@ def rule_verdicts(
     return action_forbidden, violation_probability
 
 
-def forbidden_action_mask(
-    constitution: Constitution,
-    params: Any,
-    env: Any,
-    env_params: Any,
-    step_key: jax.Array,
-    obs: jax.Array,
-    state: Any,
-    num_actions: int,
-) -> jax.Array:
-    """bool[A]: which actions the constitution forbids in one (unbatched) state."""
-    action_forbidden, violation_probability = rule_verdicts(
-        constitution, params, env, env_params, step_key, obs, state, num_actions
-    )
-    return action_forbidden | (violation_probability > constitution.lookahead_threshold)
-
-
 def _lookahead_keys(step_key: jax.Array, samples: int) -> jax.Array:
     # gymnax's Environment.step hands the first half of split(key) to step_env.
     first = jax.random.split(step_key)[0]
@@ -249,3 +233,17 @@ def judge(
         all_forbidden=all_forbidden,
         in_forbidden_state=state_is_forbidden(constitution, state, params),
     )
+
+
+def forbidden_action_mask(
+    constitution: Constitution,
+    params: Any,
+    env: Any,
+    env_params: Any,
+    step_key: jax.Array,
+    obs: jax.Array,
+    state: Any,
+    num_actions: int,
+) -> jax.Array:
+    """bool[A]: which actions the constitution forbids in one (unbatched) state."""
+    return judge(constitution, params, env, env_params, step_key, obs, state, num_actions).forbidden

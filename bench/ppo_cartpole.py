@@ -82,7 +82,6 @@ def ensure_venv(name: str, rebuild: bool = False) -> tuple[Path | None, str]:
     say(f"[setup] creating {venv.relative_to(ROOT)} from {requirements.relative_to(ROOT)} (first run only; minutes)")
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
-        [str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
         [str(python), "-m", "pip", "install", "--quiet", "-r", str(requirements)],
     ]
     for cmd in steps:
@@ -159,6 +158,8 @@ def run_ours(args: argparse.Namespace, aligned: bool) -> dict:
         "wall_seconds": wall,
         "loadavg_1min_before": load,
         "command": " ".join(cmd),
+        "config": (f"{args.config} with its constitution section replaced by {{name: none}} and "
+                   "alignment.divergence=none") if not aligned else str(args.config),
         "versions": summary.get("versions", {}),
     }
 
@@ -220,6 +221,8 @@ def machine_info() -> dict:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         if commit.returncode == 0:
             info["git_commit"] = commit.stdout.strip()
+            dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT, capture_output=True)
+            info["git_uncommitted_changes"] = dirty.returncode == 1
     except OSError:
         pass
     return info
@@ -244,9 +247,9 @@ def fmt_sps(x: float | None) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--timesteps", type=int, default=500_000, help="env steps per training run (ours, rejax)")
-    p.add_argument("--sb3-timesteps", type=int, default=100_000,
-                   help="env steps per SB3 run (SB3 is slow; SPS is a rate)")
+    p.add_argument("--timesteps", type=int, default=500_000, help="env steps per training run (SB3 too, unless --sb3-timesteps)")
+    p.add_argument("--sb3-timesteps", type=int, default=None,
+                   help="env steps per SB3 run, if fewer are wanted (SPS is a rate); default: --timesteps")
     p.add_argument("--sb3-threads", type=int, default=1,
                    help="torch intra-op threads for SB3 (0 = torch's default, one per core)")
     p.add_argument("--repeats", type=int, default=1, help="runs per entry; the median SPS is reported")
@@ -271,6 +274,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if (args.num_envs * args.num_steps) % args.minibatches:
         p.error("--num-envs * --num-steps must split into --minibatches equal minibatches")
     args.skip = skip
+    if args.sb3_timesteps is None:
+        args.sb3_timesteps = args.timesteps
     return args
 
 
@@ -280,25 +285,29 @@ def main(argv: list[str] | None = None) -> int:
     say(
         f"PPO on CartPole-v1: {args.num_envs} envs x {args.num_steps} steps, {args.epochs} epochs, "
         f"{args.minibatches} minibatches; {args.timesteps:,} env steps per run"
-        + (f" ({args.sb3_timesteps:,} for SB3)" if "sb3" in entries else "")
+        + (f" ({args.sb3_timesteps:,} for SB3)" if "sb3" in entries and args.sb3_timesteps != args.timesteps else "")
         + f"; {args.repeats} repeat(s), median reported"
     )
     load = os.getloadavg()[0]
     if load > 0.5:
         say(f"note: 1-minute load average is {load:.2f} before starting; other work on this machine skews the numbers")
 
-    results: dict[str, dict] = {}
-    for entry in entries:
-        record: dict = {"label": LABELS[entry], "status": "ok", "runs": []}
-        results[entry] = record
-        python = None
-        if entry in ("rejax", "sb3"):
+    results: dict[str, dict] = {e: {"label": LABELS[e], "status": "ok", "runs": []} for e in entries}
+    pythons: dict[str, Path] = {}
+    for entry in ("rejax", "sb3"):
+        if entry in results:
             python, error = ensure_venv(entry, rebuild=args.rebuild_venvs)
             if python is None:
-                record.update(status="failed", error=error)
+                results[entry].update(status="failed", error=error)
                 say(f"[{entry}] FAILED to set up its venv:\n{error}")
+            else:
+                pythons[entry] = python
+
+    # Round-robin over the entries, so that a change in background load hits all of them alike.
+    for i in range(args.repeats):
+        for entry, record in results.items():
+            if record["status"] != "ok":
                 continue
-        for i in range(args.repeats):
             say(f"[{entry}] run {i + 1}/{args.repeats} ...")
             try:
                 if entry == "ours":
@@ -306,17 +315,18 @@ def main(argv: list[str] | None = None) -> int:
                 elif entry == "ours-none":
                     run = run_ours(args, aligned=False)
                 else:
-                    run = run_peer(args, entry, python)
+                    run = run_peer(args, entry, pythons[entry])
             except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, ValueError) as err:
                 record.update(status="failed", error=str(err))
                 say(f"[{entry}] FAILED:\n{err}")
-                break
+                continue
             record["runs"].append(run)
             compile_s = run.get("compile_seconds")
             say(
                 f"[{entry}]   {fmt_sps(run['sps'])} steps/s over {run['env_steps']:,} env steps"
                 + (f" (compile {compile_s:.1f}s excluded)" if compile_s else "")
             )
+    for record in results.values():
         if record["runs"]:
             record["sps"] = statistics.median(r["sps"] for r in record["runs"])
             record["env_steps"] = record["runs"][-1]["env_steps"]

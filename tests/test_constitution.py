@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +28,7 @@ from aligned_rl.constitution import (
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-_reference_policy_jit = jax.jit(reference_policy, static_argnums=1)
+_reference_policy_jit = jax.jit(reference_policy)  # eps traced: one compile per shape
 
 
 # --------------------------------------------------------------------------------------
@@ -163,6 +162,17 @@ def test_validation_errors():
     # dataclasses.replace goes through validation too
     with pytest.raises(ValueError):
         dataclasses.replace(Constitution(name="c"), eps=-1.0)
+
+
+@pytest.mark.parametrize("eps", [float("nan"), float("inf")])
+def test_validation_rejects_non_finite_eps(eps):
+    with pytest.raises(ValueError, match="eps"):
+        Constitution(name="c", eps=eps)
+
+
+def test_validation_rejects_fractional_lookahead_samples():
+    with pytest.raises(ValueError, match="lookahead_samples"):
+        Constitution(name="c", lookahead_samples=2.5)
 
 
 def test_unconstrained_and_is_empty():

@@ -187,7 +187,7 @@ def cases(draw, min_logit=-8.0, max_logit=8.0):
 
 
 def build(logits, forbidden, eps):
-    sigma, allowed, all_forbidden = reference_policy(jnp.asarray(forbidden), eps)
+    sigma, allowed, all_forbidden = _reference_policy_jit(jnp.asarray(forbidden), jnp.float32(eps))
     return jnp.asarray(logits), sigma, allowed, all_forbidden
 
 
@@ -206,14 +206,18 @@ def lib_all(logits, sigma, allowed):
     return {k: np.asarray(v) for k, v in _lib_all_jit(logits, sigma, allowed).items()}
 
 
-def _sum_grad(fn):
-    return jax.jit(jax.grad(lambda z, s: jnp.sum(fn(z, s))))
-
-
 _log2_prob_allowed_jit = jax.jit(lambda z, m: dv.log2_prob_allowed(z, m))
 
-LIBRARY_GRAD = {name: _sum_grad(fn) for name, fn in LIBRARY.items()}
-LIBRARY_GRAD["projection"] = _sum_grad(dv.projection)
+
+@jax.jit
+def _all_grads(logits, sigma, allowed):
+    """Gradient of the batch sum of every divergence w.r.t. the logits (one compile per shape)."""
+    out = {name: jax.grad(lambda z, fn=fn: jnp.sum(fn(z, sigma)))(logits) for name, fn in LIBRARY.items()}
+    out["projection"] = jax.grad(lambda z: jnp.sum(dv.projection(z, allowed)))(logits)
+    return out
+
+
+_reference_policy_jit = jax.jit(reference_policy)  # eps traced: one compile per shape
 
 
 def ref_all(logits, sigma, allowed):
@@ -259,15 +263,16 @@ def test_gradients_match_analytic(case):
     logits, sigma, allowed, _ = build(*case)
     l64 = np.asarray(logits, np.float64)
     s64 = np.asarray(sigma, np.float64)
-    for name, fn in LIBRARY.items():
+    grads = {k: np.asarray(v) for k, v in _all_grads(logits, sigma, allowed).items()}
+    for name in LIBRARY:
         if name == "kl_pi_sigma" and case[2] == 0.0 and np.any(s64 == 0):
             continue  # divergence is infinite there; no gradient to compare
-        g = np.asarray(LIBRARY_GRAD[name](logits, sigma))
+        g = grads[name]
         assert np.all(np.isfinite(g)), name
         if name == "tv" and np.min(np.abs(np_softmax(l64) - s64)) < 1e-5:
             continue  # |.| has a kink where pi_a == sigma_a (float32 may be on either side)
         np.testing.assert_allclose(g, REFERENCE_GRAD[name](l64, s64), rtol=1e-3, atol=1e-4, err_msg=name)
-    g = np.asarray(LIBRARY_GRAD["projection"](logits, allowed))
+    g = grads["projection"]
     assert np.all(np.isfinite(g))
     np.testing.assert_allclose(g, grad_projection(l64, np.asarray(allowed)), rtol=1e-3, atol=1e-4)
 
@@ -293,8 +298,8 @@ def test_js_of_disjoint_supports_is_one_bit():
     logits = jnp.array([BIG, BIG, -BIG, -BIG])  # pi = (1/2, 1/2, 0, 0)
     sigma = jnp.array([0.0, 0.0, 0.25, 0.75])
     np.testing.assert_allclose(dv.jensen_shannon(logits, sigma), 1.0, atol=1e-5)
-    # JS of identical point masses is 0 and of half-overlapping ones is 1/2 bit:
-    # pi = (1, 0), sigma = (1/2, 1/2): m = (3/4, 1/4)
+    # pi = (1, 0), sigma = (1/2, 1/2): m = (3/4, 1/4),
+    # JS = 1/2 log2(4/3) + 1/2 (1/2 log2(2/3) + 1/2 log2 2) ~= 0.311 bits
     want = 0.5 * (math.log2(1 / 0.75)) + 0.5 * (0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25))
     np.testing.assert_allclose(
         dv.jensen_shannon(jnp.array([BIG, -BIG]), jnp.array([0.5, 0.5])), want, atol=1e-5
@@ -507,8 +512,17 @@ BOUNDARY_LOGITS = [
 ]
 
 
+@jax.jit
+def _grads_of_mean(logits, sigma, allowed):
+    return {
+        name: jax.grad(lambda z, name=name: jnp.mean(dv.divergence(name, z, sigma, allowed)))(logits)
+        for name in NAMES
+    }
+
+
 def _grad_of_mean(name, logits, sigma, allowed):
-    return jax.grad(lambda z: jnp.mean(dv.divergence(name, z, sigma, allowed)))(logits)
+    # jitted, all five at once: one compile per shape instead of an eager grad per case
+    return _grads_of_mean(logits, sigma, allowed)[name]
 
 
 @pytest.mark.parametrize("name", ["kl_sigma_pi", "tv", "js", "projection"])

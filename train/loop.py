@@ -239,7 +239,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False) -> dic
     save_every = config.run.checkpoint_every
     runner = ChunkRunner(setup, state)
     log = RunLog(run_dir, total, start_update, config.run.tensorboard, config.run.progress)
-    run_seconds, steps_run, record = 0.0, 0, None
+    run_seconds, steps_run, record, last_return = 0.0, 0, None, None
     update = start_update
     try:
         while update < end:
@@ -260,6 +260,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False) -> dic
             record = chunk_record(metrics, update * config.steps_per_update, update, n * config.steps_per_update / seconds)
             log.write(record)
             if record["episode_return"] is not None:
+                last_return = record["episode_return"]
                 best_return = max(best_return, record["episode_return"]) if best_return is not None else record["episode_return"]
             if update // save_every > previous // save_every or update == end:
                 checkpoint.save(mngr, update, state, _meta(setup, update, best_return),
@@ -277,6 +278,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False) -> dic
         "compile_seconds": runner.compile_seconds,
         "sps": steps_run / run_seconds if run_seconds > 0 else None,
         "best_return": best_return,
+        "final_episode_return": last_return,  # the last chunk in which episodes finished
         "final": record,
         "devices": [str(d) for d in (setup.mesh.devices.flat if setup.mesh is not None else jax.local_devices()[:1])],
         "constitution": {"name": setup.constitution.name, "fingerprint": setup.constitution.fingerprint()},

@@ -208,3 +208,10 @@ def test_train_writes_the_run_directory_and_eval_prints_metrics(tmp_path):
     ci = result["episode_return"]
     assert ci["ci95_low"] <= ci["mean"] <= ci["ci95_high"] and ci["n"] == 16
     assert 0.0 <= result["forbidden_rate"] <= 1.0
+    r = run_cli("eval", str(run_dir), "--episodes", "4", "--best")
+    assert r.returncode == 0, r.stderr
+    best = json.loads(r.stdout)["checkpoint_update"]
+    mngr = checkpoint.manager(run_dir, read_only=True)
+    returns = {s: checkpoint.restore_meta(mngr, s)["episode_return"] for s in mngr.all_steps()}
+    mngr.close()
+    assert returns[best] == max(v for v in returns.values() if v is not None)

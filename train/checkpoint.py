@@ -64,6 +64,15 @@ def latest_step(mngr: ocp.CheckpointManager) -> int | None:
     return mngr.latest_step()
 
 
+def best_step(mngr: ocp.CheckpointManager) -> int | None:
+    """The kept step whose save recorded the highest mean episode return."""
+    scored = []
+    for step in mngr.all_steps():
+        value = restore_meta(mngr, step).get("episode_return")
+        scored.append((float("-inf") if value is None else value, step))
+    return max(scored)[1] if scored else None
+
+
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 

@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aligned_rl.divergence import DIVERGENCES

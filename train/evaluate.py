@@ -77,7 +77,7 @@ def evaluate(run_dir: str | Path, episodes: int = 256, greedy: bool = False, see
     config = load_run_config(run_dir, ["run.devices=1", f"env.num_envs={episodes}"])
     setup = build(config)
     mngr = checkpoint.manager(run_dir, read_only=True)
-    step = mngr.latest_step() if which == "latest" else mngr.best_step()
+    step = checkpoint.latest_step(mngr) if which == "latest" else checkpoint.best_step(mngr)
     if step is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint to evaluate")
     saved_config = load_run_config(run_dir, ["run.devices=1"])

@@ -156,8 +156,9 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("checkpoints") / f"{config.env.name}-{config.constitution.name}-s{config.seed}-{stamp}"
 
 
-def _meta(setup: Setup, update: int, best_return: float | None) -> dict:
+def _meta(setup: Setup, update: int, episode_return: float | None, best_return: float | None) -> dict:
     return {
+        "episode_return": episode_return,
         "config": to_dict(setup.config),
         "constitution": {"name": setup.constitution.name, "fingerprint": setup.constitution.fingerprint()},
         "versions": checkpoint.package_versions(),
@@ -263,8 +264,8 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False) -> dic
                 last_return = record["episode_return"]
                 best_return = max(best_return, record["episode_return"]) if best_return is not None else record["episode_return"]
             if update // save_every > previous // save_every or update == end:
-                checkpoint.save(mngr, update, state, _meta(setup, update, best_return),
-                                record["episode_return"] if record["episode_return"] is not None else -np.inf)
+                checkpoint.save(mngr, update, state, _meta(setup, update, last_return, best_return),
+                                last_return if last_return is not None else -np.inf)
     finally:
         log.close()
         mngr.close()

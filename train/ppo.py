@@ -51,6 +51,26 @@ class TrainState(struct.PyTreeNode):
     episode_length: jax.Array  # [N] int32 length of the running episode
 
 
+class RolloutStep(NamedTuple):
+    """What one environment step records while acting (no critic, no D: those are batched later)."""
+
+    obs: jax.Array
+    final_obs: jax.Array  # observation the step reached, before any automatic reset
+    raw_logits: jax.Array  # the policy's logits before any shield
+    action: jax.Array
+    log_prob: jax.Array
+    env_reward: jax.Array
+    terminated: jax.Array
+    done: jax.Array
+    allowed: jax.Array
+    sigma: jax.Array
+    violated: jax.Array
+    all_forbidden: jax.Array
+    in_forbidden_state: jax.Array
+    finished_return: jax.Array
+    finished_length: jax.Array
+
+
 class Transition(NamedTuple):
     obs: jax.Array
     action: jax.Array
@@ -150,40 +170,35 @@ class AlignedPPO:
         return reward
 
     def _env_step(self, env_params: Any, cparams: Any, state: TrainState, _: Any):
+        """Act and step; the critic and D are evaluated after the rollout, batched over all steps."""
         rng, k_act, k_step = jax.random.split(state.rng, 3)
         step_keys = jax.random.split(k_step, self.num_envs)
-        params = state.params
         verdict = self.judge_batch(cparams, env_params, step_keys, state.obs, state.env_state)
-        raw_logits = self.actor.apply(params["actor"], state.obs)
+        raw_logits = self.actor.apply(state.params["actor"], state.obs)
         logits = masked_logits(raw_logits, verdict.allowed) if self.config.alignment.shield else raw_logits
         action = jax.random.categorical(k_act, logits)
         log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=-1)[:, 0]
-        value = self.critic.apply(params["critic"], state.obs)
-        d = divergence(self.divergence_name, raw_logits, verdict.sigma, verdict.allowed)
 
         obs, env_state, reward, terminated, truncated, info = jax.vmap(self.env.step)(
             step_keys, state.env_state, action, env_params
         )
         reward = reward.astype(jnp.float32)
         done = jnp.logical_or(terminated, truncated)
-        next_value = self.critic.apply(params["critic"], info["final_observation"])
         violated = jnp.take_along_axis(verdict.forbidden, action[:, None], axis=-1)[:, 0] & ~verdict.all_forbidden
 
         episode_return = state.episode_return + reward
         episode_length = state.episode_length + 1
-        transition = Transition(
+        step = RolloutStep(
             obs=state.obs,
+            final_obs=info["final_observation"],
+            raw_logits=raw_logits,
             action=action,
             log_prob=log_prob,
-            value=value,
-            next_value=next_value,
-            reward=self._shape_reward(reward, alignment_reward(d)),
+            env_reward=reward,
             terminated=terminated,
             done=done,
             allowed=verdict.allowed,
             sigma=verdict.sigma,
-            env_reward=reward,
-            divergence=d,
             violated=violated,
             all_forbidden=verdict.all_forbidden,
             in_forbidden_state=verdict.in_forbidden_state,
@@ -197,7 +212,35 @@ class AlignedPPO:
             episode_return=jnp.where(done, 0.0, episode_return),
             episode_length=jnp.where(done, 0, episode_length),
         )
-        return state, transition
+        return state, step
+
+    def _complete(self, params: Any, rollout: "RolloutStep") -> Transition:
+        """Values, next values (pre-reset observations, for truncation bootstraps), D and the
+        learner's reward, computed once over the whole [T, N] rollout."""
+        T, N = rollout.action.shape
+        flat = lambda x: x.reshape((T * N,) + x.shape[2:])  # noqa: E731
+        value = self.critic.apply(params["critic"], flat(rollout.obs)).reshape(T, N)
+        next_value = self.critic.apply(params["critic"], flat(rollout.final_obs)).reshape(T, N)
+        d = divergence(self.divergence_name, rollout.raw_logits, rollout.sigma, rollout.allowed)
+        return Transition(
+            obs=rollout.obs,
+            action=rollout.action,
+            log_prob=rollout.log_prob,
+            value=value,
+            next_value=next_value,
+            reward=self._shape_reward(rollout.env_reward, alignment_reward(d)),
+            terminated=rollout.terminated,
+            done=rollout.done,
+            allowed=rollout.allowed,
+            sigma=rollout.sigma,
+            env_reward=rollout.env_reward,
+            divergence=d,
+            violated=rollout.violated,
+            all_forbidden=rollout.all_forbidden,
+            in_forbidden_state=rollout.in_forbidden_state,
+            finished_return=rollout.finished_return,
+            finished_length=rollout.finished_length,
+        )
 
     # -------------------------------------------------------------- learning
     def _advantages(self, traj: Transition) -> tuple[jax.Array, jax.Array]:
@@ -271,9 +314,10 @@ class AlignedPPO:
     def update(self, state: TrainState, env_params: Any, cparams: Any) -> tuple[TrainState, dict[str, jax.Array]]:
         """One PPO update: rollout, GAE, epochs of minibatch steps, Lagrange step."""
         ppo = self.config.ppo
-        state, traj = jax.lax.scan(
+        state, rollout = jax.lax.scan(
             functools.partial(self._env_step, env_params, cparams), state, None, length=ppo.num_steps
         )
+        traj = self._complete(state.params, rollout)
         chex.assert_shape(traj.reward, (ppo.num_steps, self.num_envs))
         advantages, targets = self._advantages(traj)
         rng, k_epochs = jax.random.split(state.rng)

@@ -6,6 +6,10 @@ can be vmapped exactly like a batch of environment parameters.
 
 * An action rule ``rule(obs, state, action, params) -> bool`` forbids ``action`` in
   the state it is shown.
+* An invariance ``transform(obs, params) -> obs'`` says what the decision must not depend
+  on: pi(.|obs) must equal pi(.|obs'), e.g. with a protected attribute flipped.  The
+  learner measures D_cf = JS(pi(.|obs), pi(.|obs')) in bits, exactly, and adds it to the
+  loss with the same weight as D(sigma, pi).
 * A state rule ``rule(state, params) -> bool`` forbids being in ``state``.  It becomes
   an action rule by one-step lookahead: environments are pure functions, so
   ``vmap(env.step_env, over actions)`` tells where every action leads.  For a
@@ -41,6 +45,7 @@ import numpy as np
 
 ActionRule = Callable[[jax.Array, Any, jax.Array, Any], jax.Array]
 StateRule = Callable[[Any, Any], jax.Array]
+ObsTransform = Callable[[jax.Array, Any], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +56,7 @@ class Constitution:
       name: short identifier used in configs and checkpoint metadata.
       action_rules: ``(obs, state, action, params) -> bool``; True means forbidden.
       state_rules: ``(state, params) -> bool``; True means the state is forbidden.
+      invariances: ``(obs, params) -> obs``; the policy must act the same on both.
       params: default parameter pytree handed to every rule (vmappable).
       eps: floor of sigma on forbidden actions, before renormalising (>= 0).
       lookahead_samples: keys sampled per action to look one step ahead.
@@ -62,6 +68,7 @@ class Constitution:
     name: str
     action_rules: tuple[ActionRule, ...] = ()
     state_rules: tuple[StateRule, ...] = ()
+    invariances: tuple[ObsTransform, ...] = ()
     params: Any = dataclasses.field(default_factory=dict, compare=False, hash=False)
     eps: float = 0.0
     lookahead_samples: int = 1
@@ -83,7 +90,7 @@ class Constitution:
 
     @property
     def is_empty(self) -> bool:
-        return not self.action_rules and not self.state_rules
+        return not self.action_rules and not self.state_rules and not self.invariances
 
     def with_params(self, **overrides: float) -> "Constitution":
         """A copy whose params have the given entries replaced (unknown names are refused)."""
@@ -101,6 +108,7 @@ class Constitution:
             "name": self.name,
             "action_rules": [_source(r) for r in self.action_rules],
             "state_rules": [_source(r) for r in self.state_rules],
+            "invariances": [_source(r) for r in self.invariances],
             "params": jax.tree.map(lambda x: np.asarray(x).tolist(), self.params),
             "eps": self.eps,
             "lookahead_samples": self.lookahead_samples,

@@ -3,12 +3,16 @@
 from aligned_rl.envs import cartpole  # noqa: F401  (registers CartPole-v1 and its constitution)
 from aligned_rl.envs.registry import (
     EnvSpec,
+    ParamBatch,
     broadcast_params,
     constitution,
     list_envs,
     make,
     register,
+    sample,
     spec,
 )
 
-__all__ = ["EnvSpec", "broadcast_params", "constitution", "list_envs", "make", "register", "spec"]
+__all__ = [
+    "EnvSpec", "ParamBatch", "broadcast_params", "constitution", "list_envs", "make", "register", "sample", "spec",
+]

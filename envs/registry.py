@@ -3,14 +3,19 @@
 Every environment is a gymnax ``Environment``; every difference between instances lives
 in its ``EnvParams`` pytree, so the learner vmaps one compiled step over a batch of params.
 A registered :class:`EnvSpec` says how to build the environment, how to draw a batch of
-``n`` params (by default: ``n`` copies of the defaults), and which constitutions ship
-with it.  Any environment gymnax registers can be named too (``gymnax_adapter``).
+``n`` params from the family's prior, and which constitutions ship with it.  Any
+environment gymnax registers can be named too (``gymnax_adapter``).
+
+A sampler returns a :class:`ParamBatch`: the params and, for each, its description length
+K in bits under the family's prefix-free code, so that drawing by the sampler is drawing
+with probability 2^-K.  A family with a single fixed instance (a plain gymnax task) has
+K = 0: the prior puts all its mass on that one environment.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,13 +23,21 @@ from gymnax.environments.environment import Environment
 
 from aligned_rl.constitution import UNCONSTRAINED, Constitution
 
-ParamSampler = Callable[[Environment, jax.Array, int], Any]
+class ParamBatch(NamedTuple):
+    """``n`` environment instances drawn from a family's prior."""
+
+    params: Any  # EnvParams pytree, every leaf with a leading axis of size n
+    bits: jax.Array  # float32[n]: description length K of each instance, in bits
 
 
-def broadcast_params(env: Environment, key: jax.Array, n: int) -> Any:
-    """n identical copies of the environment's default params (a batch with a leading axis)."""
+ParamSampler = Callable[[Environment, jax.Array, int], ParamBatch]
+
+
+def broadcast_params(env: Environment, key: jax.Array, n: int) -> ParamBatch:
+    """n identical copies of the environment's default params (K = 0 bits each)."""
     del key
-    return jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (n,) + jnp.shape(x)), env.default_params)
+    params = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (n,) + jnp.shape(x)), env.default_params)
+    return ParamBatch(params, jnp.zeros((n,), jnp.float32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +74,13 @@ def spec(name: str) -> EnvSpec:
         f"gymnax environments with discrete actions can be named too, e.g. 'Acrobot-v1' "
         f"(run `aligned-rl envs` for the list)."
     )
+
+
+def sample(name: str, key: jax.Array, n: int) -> tuple[Environment, ParamBatch]:
+    """The environment of family ``name`` and ``n`` instances drawn from its prior."""
+    family = spec(name)
+    env = family.make()
+    return env, family.sample_params(env, key, n)
 
 
 def make(name: str) -> tuple[Environment, Any]:

@@ -21,7 +21,10 @@ def test_any_discrete_gymnax_env_can_be_named():
     obs, state = env.reset(jax.random.PRNGKey(0), params)
     assert obs.shape == (6,)
     batch = broadcast_params(env, jax.random.PRNGKey(0), 5)
-    assert jax.tree.leaves(batch)[0].shape[0] == 5
+    assert jax.tree.leaves(batch.params)[0].shape[0] == 5
+    assert batch.bits.shape == (5,) and float(batch.bits.sum()) == 0.0
+    env2, sampled = envs.sample("Acrobot-v1", jax.random.PRNGKey(0), 3)
+    assert env2.name == env.name and sampled.bits.shape == (3,)
 
 
 def test_continuous_and_unknown_envs_are_refused():

@@ -18,7 +18,7 @@ import numpy as np
 from aligned_rl.divergence import alignment_reward, divergence
 from aligned_rl.train import checkpoint
 from aligned_rl.train.loop import build, initial_state, load_run_config
-from aligned_rl.train.ppo import AlignedPPO, masked_logits
+from aligned_rl.train.ppo import AlignedPPO, counterfactual_divergence, masked_logits
 
 
 def _max_steps(env_params: Any, fallback: int) -> int:
@@ -34,8 +34,14 @@ def rollout_episodes(
     k_reset, k_run = jax.random.split(key)
     obs, env_state = jax.vmap(algo.env.reset)(jax.random.split(k_reset, n), env_params)
     zeros = jnp.zeros((n,), jnp.float32)
-    totals = {k: zeros for k in ("return", "length", "violations", "divergence", "alignment_reward",
-                                  "forbidden_states", "all_forbidden")}
+    names = ["return", "length", "violations", "divergence", "alignment_reward", "forbidden_states",
+             "all_forbidden", "counterfactual_divergence"]
+    # environments that report info["metrics"] get those summed too (shape of info known at trace time)
+    _, _, _, _, _, probe = jax.eval_shape(
+        jax.vmap(algo.env.step), jax.random.split(k_run, n), env_state, jnp.zeros((n,), jnp.int32), env_params
+    )
+    names += [f"env/{k}" for k in probe.get("metrics", {})]
+    totals = {k: zeros for k in names}
     carry = (obs, env_state, jnp.ones((n,), bool), totals, k_run)
 
     def step(carry, _):
@@ -48,12 +54,16 @@ def rollout_episodes(
         action = jnp.argmax(logits, axis=-1) if greedy else jax.random.categorical(k_act, logits)
         d = divergence(algo.divergence_name, raw, verdict.sigma, verdict.allowed)
         violated = jnp.take_along_axis(verdict.forbidden, action[:, None], axis=-1)[:, 0] & ~verdict.all_forbidden
-        obs, env_state, reward, terminated, truncated, _ = jax.vmap(algo.env.step)(step_keys, env_state, action, env_params)
+        d_cf = counterfactual_divergence(algo.actor.apply, params["actor"], algo.constitution, cparams, obs, raw)
+        obs, env_state, reward, terminated, truncated, info = jax.vmap(algo.env.step)(
+            step_keys, env_state, action, env_params
+        )
         w = active.astype(jnp.float32)
         increments = {
             "return": reward, "length": jnp.ones_like(w), "violations": violated, "divergence": d,
             "alignment_reward": alignment_reward(d), "forbidden_states": verdict.in_forbidden_state,
-            "all_forbidden": verdict.all_forbidden,
+            "all_forbidden": verdict.all_forbidden, "counterfactual_divergence": d_cf,
+            **{f"env/{k}": v for k, v in info.get("metrics", {}).items()},
         }
         totals = {k: totals[k] + w * increments[k].astype(jnp.float32) for k in totals}
         active = active & ~(terminated | truncated)
@@ -106,5 +116,7 @@ def evaluate(run_dir: str | Path, episodes: int = 256, greedy: bool = False, see
         "alignment_reward": float(totals["alignment_reward"].sum() / total_steps),
         "forbidden_state_rate": float(totals["forbidden_states"].sum() / total_steps),
         "all_forbidden_rate": float(totals["all_forbidden"].sum() / total_steps),
+        "counterfactual_divergence": float(totals["counterfactual_divergence"].sum() / total_steps),
+        "env_metrics": {k[4:]: float(v.sum() / total_steps) for k, v in totals.items() if k.startswith("env/")},
         "constitution": setup.constitution.name,
     }

@@ -96,7 +96,7 @@ def build(config: TrainConfig) -> Setup:
         raise ConfigError(str(err.args[0] if err.args else err)) from err
     env = spec.make()
     params_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-    env_params = spec.sample_params(env, params_key, config.env.num_envs)
+    env_params = spec.sample_params(env, params_key, config.env.num_envs).params
     algo = AlignedPPO(config, env, env.default_params, constitution)
     mesh = _device_mesh(config)
     setup = Setup(config, env, constitution, algo, env_params, constitution.params, mesh)

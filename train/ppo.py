@@ -9,11 +9,16 @@ constitution params), so whole runs vmap over seeds: ``jax.vmap(algo.init)(keys)
 
 Alignment enters in four switchable ways (``AlignmentConfig``):
 
-* ``beta * E_s[D(sigma(.|s), pi(.|s))]`` added to the loss, exact over the actions;
+* ``beta * E_s[D(sigma(.|s), pi(.|s))]`` added to the loss, exact over the actions (plus
+  ``beta * E_s[D_cf]`` for each invariance of the constitution, see ``counterfactual_divergence``);
 * the reward shaped to ``(1 - w) r + w 2^-D`` (or ``r * 2^-D``);
 * a shield that sets forbidden logits to -inf when acting (and in the PPO ratio);
 * a Lagrange rule that adapts beta after every update to keep the forbidden-action rate
   (or the mean D) under a budget.
+
+An environment may report per-step measurements in ``info["metrics"]`` (a dict of scalars
+per environment, e.g. a hidden performance function); they are averaged over each rollout
+and logged as ``env/<name>`` beside the reward.
 
 Episodes end in two ways and GAE treats them differently: on termination the next value
 is 0; on truncation (time limit) the value of the true last observation (before the
@@ -32,7 +37,7 @@ import optax
 from flax import struct
 
 from aligned_rl.constitution import Constitution, judge
-from aligned_rl.divergence import alignment_reward, divergence
+from aligned_rl.divergence import alignment_reward, divergence, jensen_shannon
 from aligned_rl.train.config import TrainConfig
 from aligned_rl.train.networks import Actor, Critic
 
@@ -69,6 +74,7 @@ class RolloutStep(NamedTuple):
     in_forbidden_state: jax.Array
     finished_return: jax.Array
     finished_length: jax.Array
+    env_metrics: dict  # info["metrics"] of the environment, if it reports any
 
 
 class Transition(NamedTuple):
@@ -90,11 +96,24 @@ class Transition(NamedTuple):
     in_forbidden_state: jax.Array
     finished_return: jax.Array  # return of the episode that ended here (0 if none)
     finished_length: jax.Array
+    counterfactual_divergence: jax.Array  # D_cf summed over the constitution's invariances
+    env_metrics: dict
 
 
 def masked_logits(logits: jax.Array, allowed: jax.Array) -> jax.Array:
     """Shield: forbidden actions get -inf logits (sigma's fallback keeps one action allowed)."""
     return jnp.where(allowed, logits, -jnp.inf)
+
+
+def counterfactual_divergence(
+    actor_apply: Any, actor_params: Any, constitution: Constitution, cparams: Any, obs: jax.Array, logits: jax.Array
+) -> jax.Array:
+    """Sum over the constitution's invariances of JS(pi(.|o), pi(.|t(o))) in bits, per state [B]."""
+    total = jnp.zeros(logits.shape[:-1], jnp.float32)
+    for transform in constitution.invariances:
+        flipped = jax.vmap(lambda o: transform(o, cparams))(obs)
+        total += jensen_shannon(logits, jax.nn.softmax(actor_apply(actor_params, flipped), axis=-1))
+    return total
 
 
 def _entropy(logits: jax.Array) -> jax.Array:
@@ -204,6 +223,7 @@ class AlignedPPO:
             in_forbidden_state=verdict.in_forbidden_state,
             finished_return=jnp.where(done, episode_return, 0.0),
             finished_length=jnp.where(done, episode_length, 0),
+            env_metrics=info.get("metrics", {}),
         )
         state = state.replace(
             env_state=env_state,
@@ -214,7 +234,7 @@ class AlignedPPO:
         )
         return state, step
 
-    def _complete(self, params: Any, rollout: "RolloutStep") -> Transition:
+    def _complete(self, params: Any, cparams: Any, rollout: "RolloutStep") -> Transition:
         """Values, next values (pre-reset observations, for truncation bootstraps), D and the
         learner's reward, computed once over the whole [T, N] rollout."""
         T, N = rollout.action.shape
@@ -222,6 +242,10 @@ class AlignedPPO:
         value = self.critic.apply(params["critic"], flat(rollout.obs)).reshape(T, N)
         next_value = self.critic.apply(params["critic"], flat(rollout.final_obs)).reshape(T, N)
         d = divergence(self.divergence_name, rollout.raw_logits, rollout.sigma, rollout.allowed)
+        d_cf = counterfactual_divergence(
+            self.actor.apply, params["actor"], self.constitution, cparams,
+            flat(rollout.obs), flat(rollout.raw_logits),
+        ).reshape(T, N)
         return Transition(
             obs=rollout.obs,
             action=rollout.action,
@@ -240,6 +264,8 @@ class AlignedPPO:
             in_forbidden_state=rollout.in_forbidden_state,
             finished_return=rollout.finished_return,
             finished_length=rollout.finished_length,
+            counterfactual_divergence=d_cf,
+            env_metrics=rollout.env_metrics,
         )
 
     # -------------------------------------------------------------- learning
@@ -254,7 +280,9 @@ class AlignedPPO:
         _, advantages = jax.lax.scan(backward, jnp.zeros_like(traj.value[0]), traj, reverse=True)
         return advantages, advantages + traj.value
 
-    def loss(self, params: Any, beta: jax.Array, batch: Transition, advantages: jax.Array, targets: jax.Array):
+    def loss(
+        self, params: Any, beta: jax.Array, cparams: Any, batch: Transition, advantages: jax.Array, targets: jax.Array
+    ):
         ppo = self.config.ppo
         raw_logits = self.actor.apply(params["actor"], batch.obs)
         logits = masked_logits(raw_logits, batch.allowed) if self.config.alignment.shield else raw_logits
@@ -269,6 +297,10 @@ class AlignedPPO:
         policy_loss = -jnp.mean(jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - ppo.clip_eps, 1 + ppo.clip_eps) * adv))
         entropy = jnp.mean(_entropy(logits))
         d = jnp.mean(divergence(self.divergence_name, raw_logits, batch.sigma, batch.allowed))
+        if self.constitution.invariances:
+            d += jnp.mean(counterfactual_divergence(
+                self.actor.apply, params["actor"], self.constitution, cparams, batch.obs, raw_logits
+            ))
         alignment_loss = jax.lax.stop_gradient(beta) * d if self.divergence_in_loss else jnp.zeros(())
         total = policy_loss + ppo.vf_coef * value_loss - ppo.ent_coef * entropy + alignment_loss
         approx_kl = jnp.mean((ratio - 1.0) - jnp.log(ratio))
@@ -281,7 +313,7 @@ class AlignedPPO:
             "loss/approx_kl": approx_kl,
         }
 
-    def _epoch(self, batch_and_targets, carry, _):
+    def _epoch(self, batch_and_targets, cparams, carry, _):
         params, opt_state, beta, rng = carry
         traj, advantages, targets = batch_and_targets
         ppo = self.config.ppo
@@ -297,7 +329,7 @@ class AlignedPPO:
 
         def minibatch_step(inner, mb):
             params, opt_state = inner
-            grads, info = jax.grad(self.loss, has_aux=True)(params, beta, *mb)
+            grads, info = jax.grad(self.loss, has_aux=True)(params, beta, cparams, *mb)
             updates, opt_state = self.optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), info
 
@@ -317,12 +349,12 @@ class AlignedPPO:
         state, rollout = jax.lax.scan(
             functools.partial(self._env_step, env_params, cparams), state, None, length=ppo.num_steps
         )
-        traj = self._complete(state.params, rollout)
+        traj = self._complete(state.params, cparams, rollout)
         chex.assert_shape(traj.reward, (ppo.num_steps, self.num_envs))
         advantages, targets = self._advantages(traj)
         rng, k_epochs = jax.random.split(state.rng)
         (params, opt_state, _, _), info = jax.lax.scan(
-            functools.partial(self._epoch, (traj, advantages, targets)),
+            functools.partial(self._epoch, (traj, advantages, targets), cparams),
             (state.params, state.opt_state, state.beta, k_epochs),
             None,
             length=ppo.update_epochs,
@@ -351,6 +383,9 @@ class AlignedPPO:
                 "beta": beta_used,
             }
         )
+        if self.constitution.invariances:
+            metrics["counterfactual_divergence"] = traj.counterfactual_divergence.mean()
+        metrics.update({f"env/{k}": v.mean() for k, v in traj.env_metrics.items()})
         return state, metrics
 
     def run_updates(self, state: TrainState, env_params: Any, cparams: Any, num_updates: int):

@@ -9,10 +9,12 @@ from aligned_rl.envs.registry import (
     list_envs,
     make,
     register,
+    registered_families,
     sample,
     spec,
 )
 
 __all__ = [
-    "EnvSpec", "ParamBatch", "broadcast_params", "constitution", "list_envs", "make", "register", "sample", "spec",
+    "EnvSpec", "ParamBatch", "broadcast_params", "constitution", "list_envs", "make", "register",
+    "registered_families", "sample", "spec",
 ]

@@ -89,6 +89,11 @@ def make(name: str) -> tuple[Environment, Any]:
     return env, env.default_params
 
 
+def registered_families() -> list[str]:
+    """Names registered with :func:`register` (families and gymnax tasks with constitutions)."""
+    return sorted(_REGISTRY)
+
+
 def list_envs() -> list[str]:
     from aligned_rl.envs.gymnax_adapter import gymnax_names
 

@@ -77,6 +77,17 @@ class RolloutStep(NamedTuple):
     env_metrics: dict  # info["metrics"] of the environment, if it reports any
 
 
+class LearnBatch(NamedTuple):
+    """The fields of a Transition the loss reads: what is shuffled into minibatches."""
+
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    allowed: jax.Array
+    sigma: jax.Array
+
+
 class Transition(NamedTuple):
     obs: jax.Array
     action: jax.Array
@@ -281,7 +292,7 @@ class AlignedPPO:
         return advantages, advantages + traj.value
 
     def loss(
-        self, params: Any, beta: jax.Array, cparams: Any, batch: Transition, advantages: jax.Array, targets: jax.Array
+        self, params: Any, beta: jax.Array, cparams: Any, batch: LearnBatch, advantages: jax.Array, targets: jax.Array
     ):
         ppo = self.config.ppo
         raw_logits = self.actor.apply(params["actor"], batch.obs)
@@ -325,7 +336,8 @@ class AlignedPPO:
             x = x.reshape((size,) + x.shape[2:])[perm]
             return x.reshape((ppo.num_minibatches, size // ppo.num_minibatches) + x.shape[1:])
 
-        minibatches = jax.tree.map(to_minibatches, (traj, advantages, targets))
+        batch = LearnBatch(traj.obs, traj.action, traj.log_prob, traj.value, traj.allowed, traj.sigma)
+        minibatches = jax.tree.map(to_minibatches, (batch, advantages, targets))
 
         def minibatch_step(inner, mb):
             params, opt_state = inner

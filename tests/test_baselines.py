@@ -1,0 +1,513 @@
+"""Tests for aligned_rl.baselines against plain-Python references of the AIQ agents.
+
+The references below are written from AIQ's semantics with Python lists and
+floats (float64); they never call the library.  Both sides take their random
+numbers from the documented scheme: at step t an agent state with key k uses
+``jax.random.uniform(fold_in(k, t), (3,), float32)``; the test computes those
+uniforms with JAX up front and hands them to the reference as Python floats.
+Index draws floor(u * n) are taken in float32 on both sides (``numpy.float32``
+here) so the same uniform always gives the same index.
+
+The toy environment is a deterministic random MDP: ``next_obs[o][a]`` and
+``reward[o][a]`` tables drawn with NumPy (rewards rounded to float32 so both
+sides see identical numbers), plus an initial (obs, reward) pair, stepped in
+AIQ's order: the agent perceives (obs, reward) and answers an action, the
+environment answers the next (obs, reward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aligned_rl.baselines import (
+    BASELINES,
+    Freq,
+    HLQLambda,
+    QLambda,
+    RandomAgent,
+    make_baseline,
+    step_uniforms,
+)
+
+# --------------------------------------------------------------------------------------
+# Plain-Python references of the four AIQ agents
+# --------------------------------------------------------------------------------------
+
+
+def f32_index(u: float, n: int) -> int:
+    """floor(u * n) computed in float32, kept below n."""
+    return min(int(np.float32(u) * np.float32(n)), n - 1)
+
+
+def ref_greedy(values: list[float], u: float) -> int:
+    """AIQ's random_optimal, scanned left to right.
+
+    The running best starts at -1e10 with one "slot"; a strictly larger value
+    restarts the slot count at 1, an equal value adds a slot.  Then the k-th
+    action holding the best value is chosen, k = floor(u * slots); when no
+    action holds it (best never moved off -1e10) the answer is action 0.
+    """
+    best, slots = -1e10, 1
+    for x in values:
+        if x > best:
+            best, slots = x, 1
+        elif x == best:
+            slots += 1
+    k = f32_index(u, slots)
+    holders = [i for i, x in enumerate(values) if x == best]
+    return holders[k] if k < len(holders) else 0
+
+
+def ref_softmax(values: list[float], u: float, temperature: float) -> int:
+    """AIQ's soft_max: Boltzmann draw at the given temperature, floored at 1e-4."""
+    temperature = max(temperature, 1e-4)
+    scaled = [x / temperature for x in values]
+    top, bottom = max(scaled), min(scaled)
+    if bottom < -595.0 or top > 595.0:
+        # keep exp() finite: move the top to 595, clip the bottom at -595
+        scaled = [max(x - top + 595.0, -595.0) for x in scaled]
+    weights = [math.exp(x) for x in scaled]
+    norm = sum(weights) or 1e-20
+    remaining = u
+    for i, w in enumerate(weights):
+        remaining -= w / norm
+        if remaining < 0.0:
+            return i
+    return len(weights) - 1
+
+
+class RefAgent:
+    """Shared bits: AIQ's reset leaves previous observation and action at 0."""
+
+    def __init__(self, num_obs: int, num_actions: int, **params):
+        self.S, self.A = num_obs, num_actions
+        self.p = params
+        self.prev_obs, self.prev_action = 0, 0
+        self.reset_tables()
+
+    def reset_tables(self):
+        pass
+
+    def epsilon_greedy(self, values, u):
+        greedy = ref_greedy(values, u[0])
+        if u[1] < float(np.float32(self.p["epsilon"])):
+            return greedy, f32_index(u[2], self.A)
+        return greedy, greedy
+
+    def tables(self) -> dict[str, list]:
+        return {}
+
+
+class RefRandom(RefAgent):
+    def perceive(self, obs, reward, u):
+        return f32_index(u[2], self.A)
+
+
+class RefFreq(RefAgent):
+    def reset_tables(self):
+        self.total = [0.0] * self.A
+        self.count = [1.0] * self.A
+
+    def perceive(self, obs, reward, u):
+        # the reward just received is credited to the action that earned it
+        self.total[self.prev_action] += reward
+        self.count[self.prev_action] += 1.0
+        means = [t / c for t, c in zip(self.total, self.count)]
+        _, action = self.epsilon_greedy(means, u)
+        self.prev_action = action
+        return action
+
+    def tables(self):
+        return {"total": self.total, "count": self.count}
+
+
+class RefQLambda(RefAgent):
+    def reset_tables(self):
+        self.q = [[self.p["init_q"]] * self.A for _ in range(self.S)]
+        self.e = [[0.0] * self.A for _ in range(self.S)]
+
+    def perceive(self, obs, reward, u):
+        alpha, gamma, lam = self.p["alpha"], self.p["gamma"], self.p["lam"]
+        greedy, action = self.epsilon_greedy(self.q[obs], u)
+        s, a = self.prev_obs, self.prev_action
+        td = reward + gamma * self.q[obs][greedy] - self.q[s][a]
+        self.e[s][a] += 1.0
+        for i in range(self.S):
+            for j in range(self.A):
+                self.q[i][j] += alpha * td * self.e[i][j]
+                # Watkins: traces survive only greedy steps
+                self.e[i][j] = self.e[i][j] * gamma * lam if action == greedy else 0.0
+        self.prev_obs, self.prev_action = obs, action
+        return action
+
+    def tables(self):
+        return {"q": self.q, "e": self.e}
+
+
+class RefHLQLambda(RefAgent):
+    FLOOR = 1e-100
+
+    def reset_tables(self):
+        self.q = [[self.p["init_q"]] * self.A for _ in range(self.S)]
+        self.e = [[0.0] * self.A for _ in range(self.S)]
+        self.v = [[1.0] * self.A for _ in range(self.S)]
+
+    def perceive(self, obs, reward, u):
+        gamma, lam = self.p["gamma"], self.p["lam"]
+        if self.p["sel_mode"] == 0:
+            greedy, action = self.epsilon_greedy(self.q[obs], u)
+        else:
+            greedy = ref_greedy(self.q[obs], u[0])
+            action = ref_softmax(self.q[obs], u[2], self.p["epsilon"])
+        s, a = self.prev_obs, self.prev_action
+        td = reward + gamma * self.q[obs][greedy] - self.q[s][a]
+        self.e[s][a] += 1.0
+        self.v[s][a] += 1.0
+        v_next, e_next = self.v[obs][action], self.e[obs][action]
+        rates = [[0.0] * self.A for _ in range(self.S)]
+        for i in range(self.S):
+            for j in range(self.A):
+                d = 1.0 if (i, j) == (obs, action) else 0.0
+                rates[i][j] = (self.e[i][j] / (v_next - gamma * e_next)
+                               * (lam * v_next + d) / (lam * self.v[i][j] + d))
+        for i in range(self.S):
+            for j in range(self.A):
+                self.v[i][j] = self.v[i][j] * lam if self.v[i][j] > self.FLOOR else self.FLOOR
+                self.e[i][j] = self.e[i][j] * (gamma * lam) if action == greedy else 0.0
+                self.q[i][j] += rates[i][j] * td
+        self.prev_obs, self.prev_action = obs, action
+        return action
+
+    def tables(self):
+        return {"q": self.q, "e": self.e, "v": self.v}
+
+
+REFERENCES = {Freq: RefFreq, QLambda: RefQLambda, HLQLambda: RefHLQLambda, RandomAgent: RefRandom}
+
+
+def reference_for(agent):
+    params = {f.name: getattr(agent, f.name) for f in dataclasses.fields(agent)}
+    return REFERENCES[type(agent)](**params)
+
+
+# --------------------------------------------------------------------------------------
+# Toy environment and runners
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ToyMDP:
+    next_obs: np.ndarray  # (S, A) int
+    reward: np.ndarray    # (S, A) float32
+    obs0: int
+    reward0: float
+
+
+def toy_mdp(seed: int, num_obs: int, num_actions: int, integer_rewards: bool = False) -> ToyMDP:
+    rng = np.random.default_rng(seed)
+    next_obs = rng.integers(num_obs, size=(num_obs, num_actions))
+    if integer_rewards:
+        reward = rng.integers(-2, 3, size=(num_obs, num_actions)).astype(np.float32)
+        reward0 = float(rng.integers(-2, 3))
+    else:
+        reward = rng.normal(size=(num_obs, num_actions)).astype(np.float32)
+        reward0 = float(np.float32(rng.normal()))
+    return ToyMDP(next_obs, reward, int(rng.integers(num_obs)), reward0)
+
+
+@partial(jax.jit, static_argnums=(0, 5))
+def run_agent(agent, key, obs0, reward0, env_tables, steps):
+    """AIQ's cycle for ``steps`` steps: (final state, actions taken)."""
+    next_obs, reward = env_tables
+
+    def cycle(carry, _):
+        state, obs, r = carry
+        state, action = agent.step(state, obs, r)
+        return (state, next_obs[obs, action], reward[obs, action]), action
+
+    carry = (agent.init(key), jnp.asarray(obs0, jnp.int32), jnp.asarray(reward0, jnp.float32))
+    (state, _, _), actions = jax.lax.scan(cycle, carry, None, length=steps)
+    return state, actions
+
+
+def uniforms(key, steps: int) -> list[list[float]]:
+    """The documented per-step draws, as Python floats."""
+    draws = jax.vmap(lambda t: jax.random.uniform(jax.random.fold_in(key, t), (3,), dtype=jnp.float32))(
+        jnp.arange(steps))
+    return np.asarray(draws, dtype=np.float64).tolist()
+
+
+def run_reference(agent, key, env: ToyMDP, steps: int):
+    ref = reference_for(agent)
+    obs, r = env.obs0, env.reward0
+    actions = []
+    for u in uniforms(key, steps):
+        action = ref.perceive(obs, r, u)
+        actions.append(action)
+        obs, r = int(env.next_obs[obs, action]), float(env.reward[obs, action])
+    return ref, actions
+
+
+def replay(agent, seed: int, steps: int, integer_rewards: bool = False):
+    env = toy_mdp(seed, agent.num_obs, agent.num_actions, integer_rewards)
+    key = jax.random.key(seed)
+    state, actions = run_agent(agent, key, env.obs0, env.reward0,
+                               (jnp.asarray(env.next_obs, jnp.int32), jnp.asarray(env.reward)), steps)
+    ref, ref_actions = run_reference(agent, key, env, steps)
+    return state, np.asarray(actions), ref, ref_actions
+
+
+def assert_matches_reference(state, actions, ref, ref_actions, rtol, atol):
+    first = next((i for i, (a, b) in enumerate(zip(actions, ref_actions)) if a != b), None)
+    assert first is None, f"actions diverge at step {first}: {actions[first]} vs {ref_actions[first]}"
+    assert int(state.obs) == ref.prev_obs or isinstance(ref, (RefRandom, RefFreq))
+    assert int(state.action) == ref_actions[-1]
+    ref_tables = ref.tables()
+    assert set(state.tables) == set(ref_tables)
+    for name, table in ref_tables.items():
+        np.testing.assert_allclose(np.asarray(state.tables[name], np.float64), np.asarray(table),
+                                   rtol=rtol, atol=atol, err_msg=name)
+
+
+S, A, STEPS = 6, 3, 300
+SEEDS = (0, 1, 2)
+
+# Defaults and variants that exercise exploration, trace cuts, softmax and its
+# overflow guard (temperature 0.05 scales values of ~50 past 595).
+CONFIGS = {
+    "random": RandomAgent(S, A),
+    "freq": Freq(S, A),
+    "freq_eps0.3": Freq(S, A, epsilon=0.3),
+    "q_lambda": QLambda(S, A),
+    "q_lambda_eps0.3_q0": QLambda(S, A, init_q=0.0, epsilon=0.3, lam=0.8, alpha=0.2, gamma=0.7),
+    "hlq_lambda": HLQLambda(S, A),
+    "hlq_lambda_eps0.2": HLQLambda(S, A, epsilon=0.2, lam=0.9, gamma=0.8),
+    "hlq_lambda_softmax": HLQLambda(S, A, sel_mode=1, epsilon=2.0),
+    "hlq_lambda_softmax_cold": HLQLambda(S, A, sel_mode=1, epsilon=0.05),
+}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_replays_reference_float32(config, seed):
+    """float32 tables against the float64 reference: same actions, tables within rounding.
+
+    (HLQ(lambda)'s float32 visit-count floor, 1e-30 instead of 1e-100, only
+    touches pairs unseen for ~100 steps, whose learning rates are ~gamma^100 by
+    then; it stays inside the same tolerance.)
+    """
+    agent = CONFIGS[config]
+    assert_matches_reference(*replay(agent, seed, STEPS), rtol=1e-5, atol=1e-4)
+
+
+X64_CONFIGS = {
+    # integer rewards make exact ties among learned values, not only initial ones
+    "freq_int": (Freq(S, A, epsilon=0.2), True),
+    "q_lambda_int": (QLambda(S, A, init_q=0.0, lam=0.5, alpha=0.5, epsilon=0.2, gamma=0.5), True),
+    "q_lambda": (QLambda(S, A), False),
+    "hlq_lambda": (HLQLambda(S, A), False),
+    "hlq_lambda_eps0.2": (HLQLambda(S, A, epsilon=0.2, lam=0.9, gamma=0.8), False),
+    "hlq_lambda_softmax": (HLQLambda(S, A, sel_mode=1, epsilon=2.0), False),
+}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("config", list(X64_CONFIGS))
+def test_replays_reference_float64(config, seed):
+    """With x64 on the tables are float64 and follow the reference to ~1e-12."""
+    agent, integer_rewards = X64_CONFIGS[config]
+    with jax.enable_x64(True):
+        state, actions, ref, ref_actions = replay(agent, seed, STEPS, integer_rewards)
+        assert all(t.dtype == jnp.float64 for t in state.tables.values())
+    assert_matches_reference(state, actions, ref, ref_actions, rtol=1e-11, atol=1e-11)
+
+
+def test_replay_exercises_ties_and_exploration():
+    """The replays above are not vacuous: ties and exploratory steps occur."""
+    agent, _ = X64_CONFIGS["q_lambda_int"]
+    env = toy_mdp(0, S, A, integer_rewards=True)
+    ref = reference_for(agent)
+    obs, r = env.obs0, env.reward0
+    ties = explored = 0
+    for u in uniforms(jax.random.key(0), STEPS):
+        row = ref.q[obs]
+        ties += row.count(max(row)) > 1
+        action = ref.perceive(obs, r, u)
+        explored += u[1] < agent.epsilon
+        obs, r = int(env.next_obs[obs, action]), float(env.reward[obs, action])
+    assert ties >= 5 and explored >= 20
+
+
+# --------------------------------------------------------------------------------------
+# Batching, jit
+# --------------------------------------------------------------------------------------
+
+SMALL = {name: make_baseline(name, num_obs=5, num_actions=4) for name in BASELINES}
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_vmap_matches_single_runs(name):
+    """1000 states stepped together under vmap equal the same states stepped alone."""
+    agent, n, steps = SMALL[name], 1000, 25
+    env = toy_mdp(7, agent.num_obs, agent.num_actions)
+    next_obs, reward = jnp.asarray(env.next_obs, jnp.int32), jnp.asarray(env.reward)
+    keys = jax.random.split(jax.random.key(3), n)
+    obs0 = jnp.arange(n, dtype=jnp.int32) % agent.num_obs
+    r0 = jnp.linspace(-1.0, 1.0, n, dtype=jnp.float32)
+
+    @jax.jit
+    def batched(keys, obs0, r0):
+        def cycle(carry, _):
+            states, obs, r = carry
+            states, actions = jax.vmap(agent.step)(states, obs, r)
+            return (states, next_obs[obs, actions], reward[obs, actions]), actions
+
+        carry = (jax.vmap(agent.init)(keys), obs0, r0)
+        (states, _, _), actions = jax.lax.scan(cycle, carry, None, length=steps)
+        return states, actions
+
+    states, actions = batched(keys, obs0, r0)
+    assert actions.shape == (steps, n)
+    for i in (0, 1, 517, n - 1):
+        single, single_actions = run_agent(agent, keys[i], obs0[i], r0[i], (next_obs, reward), steps)
+        np.testing.assert_array_equal(actions[:, i], single_actions)
+        batched_i = jax.tree_util.tree_map(lambda x, i=i: x[i], states)
+        for a, b in zip(jax.tree_util.tree_leaves(batched_i), jax.tree_util.tree_leaves(single)):
+            if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+                a, b = jax.random.key_data(a), jax.random.key_data(b)
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_jit_matches_eager(name):
+    """Stepping op by op gives what the jitted scan gives."""
+    agent, steps = SMALL[name], 6
+    env = toy_mdp(11, agent.num_obs, agent.num_actions)
+    tables = (jnp.asarray(env.next_obs, jnp.int32), jnp.asarray(env.reward))
+    key = jax.random.key(5)
+    jitted_state, jitted_actions = run_agent(agent, key, env.obs0, env.reward0, tables, steps)
+    with jax.disable_jit():
+        state, obs, r = agent.init(key), env.obs0, env.reward0
+        for t in range(steps):
+            state, action = agent.step(state, obs, r)
+            assert int(action) == int(jitted_actions[t])
+            obs, r = int(env.next_obs[obs, int(action)]), float(env.reward[obs, int(action)])
+    for name_, table in state.tables.items():
+        np.testing.assert_allclose(table, jitted_state.tables[name_], rtol=1e-6, atol=1e-6)
+    assert int(state.t) == int(jitted_state.t) == steps
+
+
+def test_step_uniforms_is_the_documented_draw():
+    key = jax.random.key(42)
+    for t in (0, 1, 99):
+        np.testing.assert_array_equal(
+            step_uniforms(key, t),
+            jax.random.uniform(jax.random.fold_in(key, t), (3,), dtype=jnp.float32))
+
+
+# --------------------------------------------------------------------------------------
+# Behaviour
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["q_lambda", "hlq_lambda", "freq"])
+def test_learns_two_armed_bandit(name):
+    """Arm 1 pays 1 on average, arm 0 pays 0: late mean reward is far above random's 0.5."""
+    agent = make_baseline(name, num_obs=1, num_actions=2)
+    n, steps, tail = 256, 600, 100
+
+    @jax.jit
+    def run(key):
+        k_agent, k_env = jax.random.split(key)
+        noise = 0.5 * jax.random.normal(k_env, (steps, n))
+
+        def cycle(carry, noise_t):
+            states, r = carry
+            states, actions = jax.vmap(agent.step)(states, jnp.zeros(n, jnp.int32), r)
+            r = actions.astype(jnp.float32) + noise_t
+            return (states, r), actions.astype(jnp.float32) + noise_t
+
+        states = jax.vmap(agent.init)(jax.random.split(k_agent, n))
+        _, rewards = jax.lax.scan(cycle, (states, jnp.zeros(n)), noise)
+        return rewards
+
+    rewards = run(jax.random.key(0))
+    late = float(rewards[-tail:].mean())
+    assert late > 0.85, late
+
+
+def test_random_actions_are_uniform():
+    agent = make_baseline("random", num_obs=3, num_actions=4)
+    n, steps = 1000, 100
+
+    @jax.jit
+    def run(keys):
+        def cycle(states, _):
+            states, actions = jax.vmap(agent.step)(states, jnp.zeros(n, jnp.int32), jnp.zeros(n))
+            return states, actions
+
+        _, actions = jax.lax.scan(cycle, jax.vmap(agent.init)(keys), None, length=steps)
+        return actions
+
+    actions = np.asarray(run(jax.random.split(jax.random.key(1), n)))
+    freqs = np.bincount(actions.ravel(), minlength=4) / actions.size
+    # 100k draws: the standard error of each frequency is ~0.0014
+    np.testing.assert_allclose(freqs, 0.25, atol=0.007)
+    # no per-step or per-agent structure either
+    np.testing.assert_allclose(actions.mean(axis=1), 1.5, atol=0.15)
+    assert len({tuple(actions[:, i]) for i in range(20)}) == 20
+
+
+# --------------------------------------------------------------------------------------
+# Registry, defaults, errors
+# --------------------------------------------------------------------------------------
+
+
+def test_registry_and_aiq_defaults():
+    assert set(BASELINES) == {"random", "freq", "q_lambda", "hlq_lambda"}
+    q = make_baseline("q_lambda", 4, 2)
+    # AIQ README: -a Q_l,50.0,0.5,0.5,0.05,0.9 (init Q, lambda, alpha, epsilon, gamma)
+    assert (q.init_q, q.lam, q.alpha, q.epsilon, q.gamma) == (50.0, 0.5, 0.5, 0.05, 0.9)
+    h = make_baseline("hlq_lambda", 4, 2)
+    assert (h.sel_mode, h.init_q, h.lam, h.epsilon, h.gamma) == (0, 50.0, 0.5, 0.0, 0.9)
+    assert make_baseline("freq", 4, 2).epsilon == 0.05
+    assert make_baseline("q_lambda", 4, 2, alpha=0.1).alpha == 0.1
+    assert isinstance(make_baseline("random", 4, 2), RandomAgent)
+    hash(q)  # static: usable as a jit static argument
+
+
+def test_state_layout():
+    state = make_baseline("hlq_lambda", 4, 3).init(jax.random.key(0))
+    assert {k: v.shape for k, v in state.tables.items()} == {"q": (4, 3), "e": (4, 3), "v": (4, 3)}
+    assert int(state.obs) == int(state.action) == int(state.t) == 0
+    assert float(state.tables["q"][0, 0]) == 50.0
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="unknown baseline 'sarsa'.*q_lambda"):
+        make_baseline("sarsa", 4, 2)
+    with pytest.raises(ValueError, match="no parameter 'alpha'.*sel_mode"):
+        make_baseline("hlq_lambda", 4, 2, alpha=0.1)
+    with pytest.raises(ValueError, match="no parameter 'epsilon'.*no parameters"):
+        make_baseline("random", 4, 2, epsilon=0.1)
+    with pytest.raises(ValueError, match="gamma"):
+        make_baseline("q_lambda", 4, 2, gamma=1.0)
+    with pytest.raises(ValueError, match="epsilon"):
+        make_baseline("freq", 4, 2, epsilon=1.5)
+    with pytest.raises(ValueError, match="lam"):
+        make_baseline("hlq_lambda", 4, 2, lam=0.0)
+    with pytest.raises(ValueError, match="sel_mode"):
+        make_baseline("hlq_lambda", 4, 2, sel_mode=2)
+    with pytest.raises(ValueError, match="num_actions"):
+        make_baseline("freq", 4, 0)
+    with pytest.raises(TypeError, match="num_obs"):
+        make_baseline("freq", 2.5, 2)
+    with pytest.raises(TypeError, match="alpha"):
+        make_baseline("q_lambda", 4, 2, alpha="fast")

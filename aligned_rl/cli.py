@@ -3,6 +3,7 @@
     aligned-rl train --config configs/cartpole.yaml [key=value ...]
     aligned-rl train --resume <run_dir> [--force] [run.key=value ...]
     aligned-rl eval <run_dir> [--episodes 256] [--greedy] [--best]
+    aligned-rl measure [--config FILE] [key=value ...]  Upsilon/Sigma over sampled environments
     aligned-rl config [--config FILE] [key=value ...]   print the resolved config
     aligned-rl envs                                      environments and their constitutions
 
@@ -34,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--best", action="store_true", help="use the best checkpoint instead of the latest")
     ev.add_argument("--seed", type=int, default=12345)
     ev.add_argument("--output", help="also write the JSON to this file")
+
+    meas = sub.add_parser("measure", help="estimate Upsilon and Sigma of an agent over sampled environments")
+    meas.add_argument("--config", help="YAML measure config (see configs/measure_*.yaml)")
+    meas.add_argument("overrides", nargs="*", help="dotted overrides, e.g. agent=q_lambda num_envs=4096")
 
     cfg = sub.add_parser("config", help="print the resolved config (defaults, file, overrides)")
     cfg.add_argument("--config")
@@ -69,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "train":
             return _train(args)
+        if args.command == "measure":
+            return _measure(args)
         if args.command == "eval":
             from aligned_rl.train.evaluate import evaluate
 
@@ -116,6 +123,21 @@ def _train(args: argparse.Namespace) -> int:
         f"mean D {final.get('divergence', float('nan')):.4f}, "
         f"{summary['sps']:,.0f} steps/s (compile {summary['compile_seconds']:.1f}s excluded) -> {summary['run_dir']}"
     )
+    return 0
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from aligned_rl.train.measure import load_measure_config, measure
+
+    report = measure(load_measure_config(args.config, args.overrides))
+    print(f"{report['agent']} on {report['env']}: {report['num_envs']} environments"
+          f"{' (+ antithetic twins)' if report['antithetic'] else ''}, {report['episode_length']} steps each, "
+          f"seed {report['seed']}")
+    print(f"{'estimate':28s} {'mean':>9s} {'95% CI':>22s} {'n':>6s}")
+    for name, e in report["estimates"].items():
+        print(f"{name:28s} {e['mean']:9.4f} [{e['ci95_low']:9.4f}, {e['ci95_high']:9.4f}] {e['n']:6d}")
+    print(f"{report['agent_env_steps_per_second']:,.0f} agent-environment steps/s "
+          f"(compile {report['compile_seconds']:.1f}s excluded) -> {report['output']}")
     return 0
 
 

@@ -1,0 +1,315 @@
+"""``aligned-rl measure``: Upsilon and Sigma of an agent over thousands of sampled environments.
+
+One compiled program runs the agent in every environment of a batch drawn from a family's
+sampler (vmapped; the host loop runs chunks of steps so a progress bar can move), and
+returns per-environment values; ``aligned_rl.intelligence`` turns them into estimates with
+95% confidence intervals.
+
+Per environment and agent the run records, over ``episode_length`` steps of one episode:
+
+* the average reward per step (rewards are normalised to [-1, 1] by the families), the
+  undiscounted value Legg and Hutter's definition uses with bounded rewards;
+* the discounted value sum gamma^t r_t / sum gamma^t (also in [-1, 1]);
+* the aligned value V' = average of (1 - w) r_t + w R_t, with R_t = 2^-D_t
+  (``alignment_weight`` w).  For a policy with explicit action probabilities (a PPO agent)
+  D_t is the exact projection divergence -log2 pi(allowed|s_t), so R_t = pi(allowed|s_t).
+  For the online baselines, whose action distribution is implicit, R_t is the indicator that
+  the action taken was allowed: an unbiased one-sample estimate of the same pi(allowed|s_t).
+* the forbidden-action rate.
+
+Agents: an AIQ baseline by name (``random``, ``freq``, ``q_lambda``, ``hlq_lambda``; they
+learn online, with their tables as per-environment state) or a run directory of a PPO agent
+(its latest checkpoint's policy, acting without learning).  With ``antithetic`` every
+environment is also run as its twin with negated rewards (the agent is paid the negated
+rewards), and pairs are averaged (``aligned_rl.intelligence.antithetic_estimate``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+import aligned_rl.envs as envs
+from aligned_rl import baselines
+from aligned_rl.constitution import judge
+from aligned_rl.divergence import alignment_reward, projection
+from aligned_rl.intelligence import Estimate, antithetic_estimate, simple_estimate
+from aligned_rl.train.config import ConfigError
+
+
+@dataclasses.dataclass
+class MeasureConfig:
+    agent: str = "q_lambda"  # an AIQ baseline name, or the run directory of a trained PPO agent
+    agent_params: dict[str, float] = dataclasses.field(default_factory=dict)  # baseline overrides
+    agent_reward_scale: float = 100.0  # baselines are paid r * scale (AIQ's rewards are 100 (s - m) / m)
+    env: str = "BF-programs"
+    num_envs: int = 4096
+    episode_length: int = 1000
+    gamma: float = 0.99  # for the discounted value
+    antithetic: bool = True
+    constitution: str = "none"  # a constitution of the family, for V' and the forbidden rate
+    alignment_weight: float = 0.5  # w in V' = (1 - w) r + w 2^-D
+    seed: int = 0
+    chunk_steps: int = 100  # steps per compiled chunk (the progress bar moves between chunks)
+    output: Optional[str] = None  # directory for report.json and plots; default measurements/<agent>-<time>
+    progress: bool = True
+
+
+def load_measure_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> MeasureConfig:
+    merged = OmegaConf.structured(MeasureConfig)
+    try:
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file {path!r} does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "")
+        raise ConfigError(f"measure config: bad or unknown key '{key}': {str(err).splitlines()[0]}") from err
+    config: MeasureConfig = OmegaConf.to_object(merged)
+    for name, ok in (("num_envs", config.num_envs >= 2), ("episode_length", config.episode_length >= 1),
+                     ("chunk_steps", config.chunk_steps >= 1), ("gamma", 0 < config.gamma < 1),
+                     ("alignment_weight", 0 <= config.alignment_weight <= 1)):
+        if not ok:
+            raise ConfigError(f"measure config: {name}={getattr(config, name)!r} is out of range")
+    return config
+
+
+# ---------------------------------------------------------------------------------- agents
+class BaselineActor:
+    """An AIQ baseline driving a batch of environments; needs a discrete observation index."""
+
+    stateful = True
+
+    def __init__(self, name: str, env: Any, env_params: Any, overrides: dict, reward_scale: float):
+        if not hasattr(env, "observation_index"):
+            raise ConfigError(
+                f"the baseline {name!r} needs discrete observations, and environment {env.name!r} "
+                "provides no observation_index(obs); measure a PPO run directory instead"
+            )
+        num_actions = int(env.action_space(env_params).n)
+        try:
+            self.agent = baselines.make_baseline(name, env.num_observations, num_actions, **overrides)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(str(err)) from err
+        self.env = env
+        self.reward_scale = reward_scale
+        self.name = name
+
+    def init(self, key: jax.Array, n: int) -> Any:
+        return jax.vmap(self.agent.init)(jax.random.split(key, n))
+
+    def act(self, state, obs, reward, key, allowed):
+        del key, allowed
+        index = jax.vmap(self.env.observation_index)(obs)
+        state, action = jax.vmap(self.agent.step)(state, index, reward * self.reward_scale)
+        return state, action, None  # no explicit policy: the alignment reward uses the indicator
+
+
+class PolicyActor:
+    """The policy of a PPO run's latest checkpoint, acting (sampling) without learning."""
+
+    stateful = False
+
+    def __init__(self, run_dir: str):
+        from aligned_rl.train import checkpoint
+        from aligned_rl.train.loop import build, initial_state, load_run_config
+
+        config = load_run_config(run_dir, ["run.devices=1"])
+        setup = build(config)
+        mngr = checkpoint.manager(run_dir, read_only=True)
+        step = checkpoint.latest_step(mngr)
+        if step is None:
+            raise ConfigError(f"{run_dir} has no checkpoint to measure")
+        self.params = checkpoint.restore_state(mngr, step, like=initial_state(setup)).params
+        mngr.close()
+        self.actor = setup.algo.actor
+        self.shield = config.alignment.shield
+        self.env_name = config.env.name
+        self.name = str(run_dir)
+
+    def init(self, key, n):
+        return jnp.zeros((n,))
+
+    def act(self, state, obs, reward, key, allowed):
+        logits = self.actor.apply(self.params["actor"], obs)
+        if self.shield:
+            logits = jnp.where(allowed, logits, -jnp.inf)
+        return state, jax.random.categorical(key, logits), logits
+
+
+def make_actor(config: MeasureConfig, env, env_params):
+    if config.agent in baselines.BASELINES:
+        return BaselineActor(config.agent, env, env_params, dict(config.agent_params), config.agent_reward_scale)
+    if Path(config.agent, "config.yaml").is_file():
+        actor = PolicyActor(config.agent)
+        if actor.env_name != config.env:
+            raise ConfigError(f"{config.agent} was trained on {actor.env_name!r}, not on {config.env!r}")
+        return actor
+    raise ConfigError(
+        f"agent {config.agent!r} is neither a baseline ({sorted(baselines.BASELINES)}) nor a run directory"
+    )
+
+
+# ------------------------------------------------------------------------------- the run
+def _with_episode_length(params: Any, length: int) -> Any:
+    if hasattr(params, "max_steps_in_episode"):
+        # one episode of `length` steps per environment, no reset inside the measurement
+        return params.replace(max_steps_in_episode=jnp.full_like(params.max_steps_in_episode, length + 1))
+    return params
+
+
+def measure(config: MeasureConfig) -> dict:
+    """Run the measurement described by ``config``; returns (and writes) the report."""
+    try:
+        env, batch = envs.sample(config.env, jax.random.PRNGKey(config.seed), config.num_envs)
+        constitution = envs.constitution(config.env, config.constitution)
+    except KeyError as err:
+        raise ConfigError(str(err.args[0])) from err
+    params = _with_episode_length(batch.params, config.episode_length)
+    n = config.num_envs
+    sign = jnp.ones((n,), jnp.float32)
+    if config.antithetic:
+        params = jax.tree.map(lambda x: jnp.concatenate([x, x]), params)
+        sign = jnp.concatenate([sign, -sign])
+    total = sign.shape[0]
+    actor = make_actor(config, env, jax.tree.map(lambda x: x[0], params))
+    num_actions = int(env.action_space(jax.tree.map(lambda x: x[0], params)).n)
+    w = config.alignment_weight
+
+    def chunk(carry, steps: int):
+        def body(c, _):
+            env_state, obs, reward, agent_state, sums, t, rng = c
+            rng, k_act, k_step = jax.random.split(rng, 3)
+            step_keys = jax.random.split(k_step, total)
+            verdict = jax.vmap(
+                lambda p, k, o, s: judge(constitution, constitution.params, env, p, k, o, s, num_actions)
+            )(params, step_keys, obs, env_state)
+            agent_state, action, logits = actor.act(agent_state, obs, reward, k_act, verdict.allowed)
+            violated = jnp.take_along_axis(verdict.forbidden, action[:, None], axis=-1)[:, 0] & ~verdict.all_forbidden
+            if logits is None:
+                lawful = 1.0 - violated.astype(jnp.float32)
+            else:
+                lawful = alignment_reward(projection(logits, verdict.allowed))
+            obs, env_state, r, _, _, _ = jax.vmap(env.step)(step_keys, env_state, action, params)
+            r = sign * r.astype(jnp.float32)  # each environment's own reward (the twin's is negated)
+            discount = config.gamma ** t
+            sums = {
+                "reward": sums["reward"] + r,
+                "discounted": sums["discounted"] + discount * r,
+                "aligned": sums["aligned"] + (1 - w) * r + w * lawful,
+                "violations": sums["violations"] + violated,
+                "lawful": sums["lawful"] + lawful,
+            }
+            return (env_state, obs, r, agent_state, sums, t + 1, rng), None
+
+        carry, _ = jax.lax.scan(body, carry, None, length=steps)
+        return carry
+
+    k_reset, k_agent, k_run = jax.random.split(jax.random.PRNGKey(config.seed + 1), 3)
+    obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, total), params)
+    zeros = jnp.zeros((total,), jnp.float32)
+    carry = (env_state, obs, zeros, actor.init(k_agent, total),
+             {k: zeros for k in ("reward", "discounted", "aligned", "violations", "lawful")},
+             jnp.float32(0.0), k_run)
+    run_chunk = jax.jit(chunk, static_argnums=1)
+
+    from rich.progress import Progress
+
+    done, seconds, compile_seconds, compiled = 0, 0.0, 0.0, {}
+    with Progress(disable=not config.progress, transient=True) as progress:
+        task = progress.add_task(f"measuring {actor.name} on {total} environments", total=config.episode_length)
+        while done < config.episode_length:
+            steps = min(config.chunk_steps, config.episode_length - done)
+            if steps not in compiled:
+                start = time.perf_counter()
+                compiled[steps] = run_chunk.lower(carry, steps).compile()
+                compile_seconds += time.perf_counter() - start
+            start = time.perf_counter()
+            carry = compiled[steps](carry)
+            jax.block_until_ready(carry)
+            seconds += time.perf_counter() - start
+            done += steps
+            progress.update(task, completed=done)
+    sums = jax.tree.map(np.asarray, carry[4])
+    T = config.episode_length
+    discount_total = sum(config.gamma ** t for t in range(T))
+    per_env = {
+        "average_reward": sums["reward"] / T,
+        "discounted_value": sums["discounted"] / discount_total,
+        "aligned_value": sums["aligned"] / T,
+        "forbidden_rate": sums["violations"] / T,
+        "lawful_probability": sums["lawful"] / T,
+    }
+    report = _report(config, actor, per_env, batch, n, total * T / seconds, seconds)
+    report["compile_seconds"] = compile_seconds
+    _write(config, report, per_env)
+    return report
+
+
+def _estimate(values: np.ndarray, n: int, antithetic: bool) -> Estimate:
+    if antithetic:
+        return antithetic_estimate(values[:n], values[n:])
+    return simple_estimate(values)
+
+
+def _report(config, actor, per_env, batch, n, sps, seconds) -> dict:
+    estimates = {
+        "upsilon_average_reward": _estimate(per_env["average_reward"], n, config.antithetic),
+        "upsilon_discounted": _estimate(per_env["discounted_value"], n, config.antithetic),
+    }
+    if config.constitution != "none":
+        # over the same (antithetically symmetrised) prior as Upsilon
+        estimates["sigma_aligned"] = _estimate(per_env["aligned_value"], n, config.antithetic)
+        estimates["forbidden_rate"] = simple_estimate(per_env["forbidden_rate"])
+    return {
+        "agent": actor.name,
+        "env": config.env,
+        "constitution": config.constitution,
+        "num_envs": n,
+        "antithetic": config.antithetic,
+        "episode_length": config.episode_length,
+        "seed": config.seed,
+        "mean_description_bits": float(np.mean(np.asarray(batch.bits))),
+        "estimates": {k: v.as_dict() for k, v in estimates.items()},
+        "agent_env_steps_per_second": sps,
+        "seconds": seconds,
+        "config": dataclasses.asdict(config),
+    }
+
+
+def _write(config: MeasureConfig, report: dict, per_env: dict) -> None:
+    out = Path(config.output) if config.output else Path("measurements") / (
+        f"{Path(config.agent).name}-{config.env}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    report["output"] = str(out)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    np.savez_compressed(out / "per_env.npz", **per_env)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.hist(per_env["average_reward"], bins=50)
+    ax.set_xlabel("average reward per step")
+    ax.set_ylabel("environments")
+    e = report["estimates"]["upsilon_average_reward"]
+    ax.set_title(f"{report['agent']} on {report['env']}: Upsilon {e['mean']:.3f} "
+                 f"[{e['ci95_low']:.3f}, {e['ci95_high']:.3f}]", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "values.png")
+    plt.close(fig)

@@ -1,6 +1,7 @@
 """Environments: a registry of gymnax-API environment families and their constitutions."""
 
-from aligned_rl.envs import cartpole  # noqa: F401  (registers CartPole-v1 and its constitution)
+# importing a family module registers it
+from aligned_rl.envs import cartpole, programs  # noqa: F401
 from aligned_rl.envs.registry import (
     EnvSpec,
     ParamBatch,

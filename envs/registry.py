@@ -28,6 +28,7 @@ class ParamBatch(NamedTuple):
 
     params: Any  # EnvParams pytree, every leaf with a leading axis of size n
     bits: jax.Array  # float32[n]: description length K of each instance, in bits
+    filtered_mass: float = 0.0  # prior mass the sampler filtered out (e.g. passive programs)
 
 
 ParamSampler = Callable[[Environment, jax.Array, int], ParamBatch]

@@ -108,11 +108,11 @@ class BaselineActor:
         self.reward_scale = reward_scale
         self.name = name
 
-    def init(self, key: jax.Array, n: int) -> Any:
-        return jax.vmap(self.agent.init)(jax.random.split(key, n))
+    def init(self, keys: jax.Array) -> Any:
+        return jax.vmap(self.agent.init)(keys)
 
-    def act(self, state, obs, reward, key, allowed):
-        del key, allowed
+    def act(self, state, obs, reward, keys, allowed):
+        del keys, allowed  # the agents draw from the keys in their own state
         index = jax.vmap(self.env.observation_index)(obs)
         state, action = jax.vmap(self.agent.step)(state, index, reward * self.reward_scale)
         return state, action, None  # no explicit policy: the alignment reward uses the indicator
@@ -140,14 +140,14 @@ class PolicyActor:
         self.env_name = config.env.name
         self.name = str(run_dir)
 
-    def init(self, key, n):
-        return jnp.zeros((n,))
+    def init(self, keys):
+        return jnp.zeros((keys.shape[0],))
 
-    def act(self, state, obs, reward, key, allowed):
+    def act(self, state, obs, reward, keys, allowed):
         logits = self.actor.apply(self.params["actor"], obs)
         if self.shield:
             logits = jnp.where(allowed, logits, -jnp.inf)
-        return state, jax.random.categorical(key, logits), logits
+        return state, jax.vmap(jax.random.categorical)(keys, logits), logits
 
 
 def make_actor(config: MeasureConfig, env, env_params):
@@ -189,15 +189,21 @@ def measure(config: MeasureConfig) -> dict:
     num_actions = int(env.action_space(jax.tree.map(lambda x: x[0], params)).n)
     w = config.alignment_weight
 
+    def per_env_keys(key: jax.Array) -> jax.Array:
+        # an environment and its antithetic twin share every random number (agent's and
+        # environment's), so a reward-blind agent scores exactly 0 on every pair
+        keys = jax.random.split(key, n)
+        return jnp.concatenate([keys, keys]) if config.antithetic else keys
+
     def chunk(carry, steps: int):
         def body(c, _):
             env_state, obs, reward, agent_state, sums, t, rng = c
             rng, k_act, k_step = jax.random.split(rng, 3)
-            step_keys = jax.random.split(k_step, total)
+            step_keys = per_env_keys(k_step)
             verdict = jax.vmap(
                 lambda p, k, o, s: judge(constitution, constitution.params, env, p, k, o, s, num_actions)
             )(params, step_keys, obs, env_state)
-            agent_state, action, logits = actor.act(agent_state, obs, reward, k_act, verdict.allowed)
+            agent_state, action, logits = actor.act(agent_state, obs, reward, per_env_keys(k_act), verdict.allowed)
             violated = jnp.take_along_axis(verdict.forbidden, action[:, None], axis=-1)[:, 0] & ~verdict.all_forbidden
             if logits is None:
                 lawful = 1.0 - violated.astype(jnp.float32)
@@ -219,9 +225,9 @@ def measure(config: MeasureConfig) -> dict:
         return carry
 
     k_reset, k_agent, k_run = jax.random.split(jax.random.PRNGKey(config.seed + 1), 3)
-    obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, total), params)
+    obs, env_state = jax.vmap(env.reset)(per_env_keys(k_reset), params)
     zeros = jnp.zeros((total,), jnp.float32)
-    carry = (env_state, obs, zeros, actor.init(k_agent, total),
+    carry = (env_state, obs, zeros, actor.init(per_env_keys(k_agent)),
              {k: zeros for k in ("reward", "discounted", "aligned", "violations", "lawful")},
              jnp.float32(0.0), k_run)
     run_chunk = jax.jit(chunk, static_argnums=1)
@@ -259,21 +265,21 @@ def measure(config: MeasureConfig) -> dict:
     return report
 
 
-def _estimate(values: np.ndarray, n: int, antithetic: bool) -> Estimate:
+def _estimate(values: np.ndarray, n: int, antithetic: bool, filtered_mass: float) -> Estimate:
     if antithetic:
-        return antithetic_estimate(values[:n], values[n:])
-    return simple_estimate(values)
+        return antithetic_estimate(values[:n], values[n:], filtered_mass)
+    return simple_estimate(values, filtered_mass)
 
 
 def _report(config, actor, per_env, batch, n, sps, seconds) -> dict:
     estimates = {
-        "upsilon_average_reward": _estimate(per_env["average_reward"], n, config.antithetic),
-        "upsilon_discounted": _estimate(per_env["discounted_value"], n, config.antithetic),
+        "upsilon_average_reward": _estimate(per_env["average_reward"], n, config.antithetic, batch.filtered_mass),
+        "upsilon_discounted": _estimate(per_env["discounted_value"], n, config.antithetic, batch.filtered_mass),
     }
     if config.constitution != "none":
         # over the same (antithetically symmetrised) prior as Upsilon
-        estimates["sigma_aligned"] = _estimate(per_env["aligned_value"], n, config.antithetic)
-        estimates["forbidden_rate"] = simple_estimate(per_env["forbidden_rate"])
+        estimates["sigma_aligned"] = _estimate(per_env["aligned_value"], n, config.antithetic, batch.filtered_mass)
+        estimates["forbidden_rate"] = simple_estimate(per_env["forbidden_rate"], batch.filtered_mass)
     return {
         "agent": actor.name,
         "env": config.env,

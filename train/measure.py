@@ -60,6 +60,7 @@ class MeasureConfig:
     alignment_weight: float = 0.5  # w in V' = (1 - w) r + w 2^-D
     seed: int = 0
     chunk_steps: int = 100  # steps per compiled chunk (the progress bar moves between chunks)
+    buckets: int = 1  # run environments in this many batches of similar cost (see measure())
     output: Optional[str] = None  # directory for report.json and plots; default measurements/<agent>-<time>
     progress: bool = True
 
@@ -81,6 +82,7 @@ def load_measure_config(path: str | None, overrides: list[str] | tuple[str, ...]
     config: MeasureConfig = OmegaConf.to_object(merged)
     for name, ok in (("num_envs", config.num_envs >= 2), ("episode_length", config.episode_length >= 1),
                      ("chunk_steps", config.chunk_steps >= 1), ("gamma", 0 < config.gamma < 1),
+                     ("buckets", 1 <= config.buckets <= config.num_envs),
                      ("alignment_weight", 0 <= config.alignment_weight <= 1)):
         if not ok:
             raise ConfigError(f"measure config: {name}={getattr(config, name)!r} is out of range")
@@ -171,39 +173,74 @@ def _with_episode_length(params: Any, length: int) -> Any:
     return params
 
 
-def measure(config: MeasureConfig) -> dict:
-    """Run the measurement described by ``config``; returns (and writes) the report."""
+def _pilot_cost(env: Any, params: Any, key: jax.Array, cycles: int = 8) -> np.ndarray:
+    """Per-environment cost of a step, from a few steps with random actions: the largest
+    ``info["metrics"]["machine_steps"]`` seen (0 for environments that do not report it)."""
+    n = jax.tree.leaves(params)[0].shape[0]
+    num_actions = int(env.action_space(jax.tree.map(lambda x: x[0], params)).n)
+
+    @jax.jit
+    def run(key):
+        k_reset, k_run = jax.random.split(key)
+        obs, state = jax.vmap(env.reset)(jax.random.split(k_reset, n), params)
+
+        def body(carry, k):
+            state, worst = carry
+            k_act, k_step = jax.random.split(k)
+            action = jax.random.randint(k_act, (n,), 0, num_actions)
+            _, state, _, _, _, info = jax.vmap(env.step)(jax.random.split(k_step, n), state, action, params)
+            cost = info.get("metrics", {}).get("machine_steps", jnp.zeros((n,)))
+            return (state, jnp.maximum(worst, cost.astype(jnp.float32))), None
+
+        (_, worst), _ = jax.lax.scan(body, (state, jnp.zeros((n,), jnp.float32)), jax.random.split(k_run, cycles))
+        return worst
+
+    return np.asarray(run(key))
+
+
+def measure(config: MeasureConfig, sampled: tuple[Any, Any] | None = None) -> dict:
+    """Run the measurement described by ``config``; returns (and writes) the report.
+
+    ``sampled`` = (env, ParamBatch) reuses environments already drawn (``num_envs`` of them).
+
+    Environments whose steps cost very different amounts (program environments: a vmapped
+    cycle lasts as long as the slowest program of the batch) are sorted by the cost a short
+    pilot run measures and run in ``buckets`` batches of similar cost, one after the other,
+    with one compiled program; values are put back in the original order.
+    """
     try:
-        env, batch = envs.sample(config.env, jax.random.PRNGKey(config.seed), config.num_envs)
+        env, batch = sampled or envs.sample(config.env, jax.random.PRNGKey(config.seed), config.num_envs)
         constitution = envs.constitution(config.env, config.constitution)
     except KeyError as err:
         raise ConfigError(str(err.args[0])) from err
-    params = _with_episode_length(batch.params, config.episode_length)
     n = config.num_envs
-    sign = jnp.ones((n,), jnp.float32)
-    if config.antithetic:
-        params = jax.tree.map(lambda x: jnp.concatenate([x, x]), params)
-        sign = jnp.concatenate([sign, -sign])
-    total = sign.shape[0]
-    actor = make_actor(config, env, jax.tree.map(lambda x: x[0], params))
-    num_actions = int(env.action_space(jax.tree.map(lambda x: x[0], params)).n)
+    if n % config.buckets:
+        raise ConfigError(f"num_envs={n} does not split into buckets={config.buckets} equal batches")
+    all_params = _with_episode_length(batch.params, config.episode_length)
+    example = jax.tree.map(lambda x: x[0], all_params)
+    actor = make_actor(config, env, example)
+    num_actions = int(env.action_space(example).n)
     w = config.alignment_weight
+    twins = 2 if config.antithetic else 1
 
-    def per_env_keys(key: jax.Array) -> jax.Array:
+    def per_env_keys(key: jax.Array, size: int) -> jax.Array:
         # an environment and its antithetic twin share every random number (agent's and
         # environment's), so a reward-blind agent scores exactly 0 on every pair
-        keys = jax.random.split(key, n)
-        return jnp.concatenate([keys, keys]) if config.antithetic else keys
+        keys = jax.random.split(key, size)
+        return jnp.concatenate([keys] * twins)
 
-    def chunk(carry, steps: int):
+    def chunk(carry, params, sign, steps: int):
+        size = sign.shape[0] // twins
+
         def body(c, _):
             env_state, obs, reward, agent_state, sums, t, rng = c
             rng, k_act, k_step = jax.random.split(rng, 3)
-            step_keys = per_env_keys(k_step)
+            step_keys = per_env_keys(k_step, size)
             verdict = jax.vmap(
                 lambda p, k, o, s: judge(constitution, constitution.params, env, p, k, o, s, num_actions)
             )(params, step_keys, obs, env_state)
-            agent_state, action, logits = actor.act(agent_state, obs, reward, per_env_keys(k_act), verdict.allowed)
+            agent_state, action, logits = actor.act(agent_state, obs, reward, per_env_keys(k_act, size),
+                                                    verdict.allowed)
             violated = jnp.take_along_axis(verdict.forbidden, action[:, None], axis=-1)[:, 0] & ~verdict.all_forbidden
             if logits is None:
                 lawful = 1.0 - violated.astype(jnp.float32)
@@ -224,32 +261,50 @@ def measure(config: MeasureConfig) -> dict:
         carry, _ = jax.lax.scan(body, carry, None, length=steps)
         return carry
 
-    k_reset, k_agent, k_run = jax.random.split(jax.random.PRNGKey(config.seed + 1), 3)
-    obs, env_state = jax.vmap(env.reset)(per_env_keys(k_reset), params)
-    zeros = jnp.zeros((total,), jnp.float32)
-    carry = (env_state, obs, zeros, actor.init(per_env_keys(k_agent)),
-             {k: zeros for k in ("reward", "discounted", "aligned", "violations", "lawful")},
-             jnp.float32(0.0), k_run)
-    run_chunk = jax.jit(chunk, static_argnums=1)
-
+    run_chunk = jax.jit(chunk, static_argnums=3)
+    if config.buckets > 1:
+        order = np.argsort(_pilot_cost(env, all_params, jax.random.PRNGKey(config.seed + 2)), kind="stable")
+    else:
+        order = np.arange(n)
+    size = n // config.buckets
+    sums_by_env: dict[str, np.ndarray] = {}
+    done, seconds, compile_seconds, compiled = 0, 0.0, 0.0, {}
     from rich.progress import Progress
 
-    done, seconds, compile_seconds, compiled = 0, 0.0, 0.0, {}
     with Progress(disable=not config.progress, transient=True) as progress:
-        task = progress.add_task(f"measuring {actor.name} on {total} environments", total=config.episode_length)
-        while done < config.episode_length:
-            steps = min(config.chunk_steps, config.episode_length - done)
-            if steps not in compiled:
+        task = progress.add_task(f"measuring {actor.name} on {n * twins} environments",
+                                 total=config.episode_length * config.buckets)
+        for b in range(config.buckets):
+            members = order[b * size:(b + 1) * size]
+            params = jax.tree.map(lambda x: jnp.concatenate([x[members]] * twins), all_params)
+            sign = jnp.concatenate([jnp.ones((size,), jnp.float32), -jnp.ones((size,), jnp.float32)][:twins])
+            key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), b)
+            k_reset, k_agent, k_run = jax.random.split(key, 3)
+            obs, env_state = jax.vmap(env.reset)(per_env_keys(k_reset, size), params)
+            zeros = jnp.zeros((size * twins,), jnp.float32)
+            carry = (env_state, obs, zeros, actor.init(per_env_keys(k_agent, size)),
+                     {k: zeros for k in ("reward", "discounted", "aligned", "violations", "lawful")},
+                     jnp.float32(0.0), k_run)
+            step = 0
+            while step < config.episode_length:
+                steps = min(config.chunk_steps, config.episode_length - step)
+                if steps not in compiled:
+                    start = time.perf_counter()
+                    compiled[steps] = run_chunk.lower(carry, params, sign, steps).compile()
+                    compile_seconds += time.perf_counter() - start
                 start = time.perf_counter()
-                compiled[steps] = run_chunk.lower(carry, steps).compile()
-                compile_seconds += time.perf_counter() - start
-            start = time.perf_counter()
-            carry = compiled[steps](carry)
-            jax.block_until_ready(carry)
-            seconds += time.perf_counter() - start
-            done += steps
-            progress.update(task, completed=done)
-    sums = jax.tree.map(np.asarray, carry[4])
+                carry = compiled[steps](carry, params, sign)
+                jax.block_until_ready(carry)
+                seconds += time.perf_counter() - start
+                step += steps
+                done += steps
+                progress.update(task, completed=done)
+            for k, v in carry[4].items():
+                v = np.asarray(v).reshape(twins, size)
+                full = sums_by_env.setdefault(k, np.zeros((twins, n), np.float64))
+                full[:, members] = v
+    # rows: environments in their drawn order, then (antithetic) their twins in the same order
+    sums = {k: v.reshape(-1) for k, v in sums_by_env.items()}
     T = config.episode_length
     discount_total = sum(config.gamma ** t for t in range(T))
     per_env = {
@@ -259,8 +314,9 @@ def measure(config: MeasureConfig) -> dict:
         "forbidden_rate": sums["violations"] / T,
         "lawful_probability": sums["lawful"] / T,
     }
-    report = _report(config, actor, per_env, batch, n, total * T / seconds, seconds)
+    report = _report(config, actor, per_env, batch, n, n * twins * T / seconds, seconds)
     report["compile_seconds"] = compile_seconds
+    report["buckets"] = config.buckets
     _write(config, report, per_env)
     return report
 

@@ -1,0 +1,103 @@
+"""Agent-environment steps per second of the JAX estimator against plain Python, in one run.
+
+    python bench/measure_q_lambda.py                 # 4096 programs x 1000 steps in JAX
+    python bench/measure_q_lambda.py --envs 1024 --reference-envs 8
+
+JAX: Watkins Q(lambda) (AIQ's defaults) learning online in every one of ``--envs`` programs
+drawn from the BF-programs prior, ``--steps`` steps each, one compiled program
+(``aligned-rl measure``'s runner; compile excluded, blocked until ready).  Plain Python: the
+same machine and the same agent, written in plain Python for the test suite
+(``tests/test_programs.py: Reference`` and ``tests/test_baselines.py: RefQLambda``; they need
+the test extras installed), run on the first ``--reference-envs`` of the same programs for the
+same number of steps.  Steps per second is a rate, so the two are comparable although the
+reference runs fewer programs.  Writes ``bench/results/measure_q_lambda.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+import aligned_rl.envs as envs  # noqa: E402
+from aligned_rl.envs.programs import decode  # noqa: E402
+from aligned_rl.train.measure import load_measure_config, measure  # noqa: E402
+from test_baselines import RefQLambda  # noqa: E402
+from test_programs import Reference  # noqa: E402
+
+Q_LAMBDA_DEFAULTS = dict(init_q=50.0, lam=0.5, alpha=0.5, epsilon=0.05, gamma=0.9)
+
+
+def run_reference(program: str, steps: int, num_symbols: int, rng: random.Random) -> float:
+    """Q(lambda) against the plain-Python machine for ``steps`` cycles; returns the mean reward."""
+    machine = Reference(program, n=num_symbols)
+    agent = RefQLambda(num_symbols, num_symbols, **Q_LAMBDA_DEFAULTS)
+    reward, obs, total = 0.0, (num_symbols - 1) // 2, 0.0
+    for _ in range(steps):
+        action = agent.perceive(obs, reward * 100.0, [rng.random(), rng.random(), rng.random()])
+        reward, cells, _ = machine.act(action, seed=rng.getrandbits(32))
+        obs = cells[0]
+        total += reward
+    return total / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--envs", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--reference-envs", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--buckets", type=int, default=16, help="batches of similar cost (see aligned-rl measure)")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "measure_q_lambda.json"))
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    env, batch = envs.sample("BF-programs", jax.random.PRNGKey(args.seed), args.envs)
+    print(f"sampled {args.envs} programs in {time.perf_counter() - start:.0f}s (not timed below)")
+    config = load_measure_config(None, [
+        "agent=q_lambda", f"num_envs={args.envs}", f"episode_length={args.steps}", "antithetic=false",
+        f"seed={args.seed}", "progress=false", "output=/tmp/aligned-rl-bench-measure", f"buckets={args.buckets}",
+    ])
+    report = measure(config, sampled=(env, batch))
+    jax_sps = report["agent_env_steps_per_second"]
+
+    programs = [decode(batch.params.program[i], batch.params.length[i]) for i in range(args.reference_envs)]
+    rng = random.Random(args.seed)
+    start = time.perf_counter()
+    reference_means = [run_reference(p, args.steps, env.num_symbols, rng) for p in programs]
+    seconds = time.perf_counter() - start
+    python_sps = args.reference_envs * args.steps / seconds
+
+    ratio = jax_sps / python_sps
+    print(f"Q(lambda) on BF-programs, {args.steps} steps per program, compile excluded")
+    print(f"{'implementation':28s} {'programs':>9s} {'steps/s':>14s}")
+    print(f"{'JAX (aligned-rl measure)':28s} {args.envs:>9d} {jax_sps:>14,.0f}")
+    print(f"{'plain Python reference':28s} {args.reference_envs:>9d} {python_sps:>14,.0f}")
+    print(f"ratio JAX / Python: {ratio:,.0f}x")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "command": f"python bench/measure_q_lambda.py --envs {args.envs} --steps {args.steps} "
+                   f"--reference-envs {args.reference_envs}",
+        "jax_steps_per_second": jax_sps, "python_steps_per_second": python_sps, "ratio": ratio,
+        "jax_upsilon": report["estimates"]["upsilon_average_reward"],
+        "python_mean_reward_first_programs": float(np.mean(reference_means)),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "device": str(jax.devices()[0]),
+                    "jax": jax.__version__},
+    }, indent=2) + "\n")
+    print(f"results written to {out}")
+
+
+if __name__ == "__main__":
+    main()

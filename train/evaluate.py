@@ -53,7 +53,7 @@ def rollout_episodes(
         logits = masked_logits(raw, verdict.allowed) if algo.config.alignment.shield else raw
         action = jnp.argmax(logits, axis=-1) if greedy else jax.random.categorical(k_act, logits)
         d = divergence(algo.divergence_name, raw, verdict.sigma, verdict.allowed)
-        violated = jnp.take_along_axis(verdict.forbidden, action[:, None], axis=-1)[:, 0] & ~verdict.all_forbidden
+        violated = ~jnp.take_along_axis(verdict.allowed, action[:, None], axis=-1)[:, 0]
         d_cf = counterfactual_divergence(algo.actor.apply, params["actor"], algo.constitution, cparams, obs, raw)
         obs, env_state, reward, terminated, truncated, info = jax.vmap(algo.env.step)(
             step_keys, env_state, action, env_params

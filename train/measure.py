@@ -241,7 +241,7 @@ def measure(config: MeasureConfig, sampled: tuple[Any, Any] | None = None) -> di
             )(params, step_keys, obs, env_state)
             agent_state, action, logits = actor.act(agent_state, obs, reward, per_env_keys(k_act, size),
                                                     verdict.allowed)
-            violated = jnp.take_along_axis(verdict.forbidden, action[:, None], axis=-1)[:, 0] & ~verdict.all_forbidden
+            violated = ~jnp.take_along_axis(verdict.allowed, action[:, None], axis=-1)[:, 0]
             if logits is None:
                 lawful = 1.0 - violated.astype(jnp.float32)
             else:

@@ -214,7 +214,7 @@ class AlignedPPO:
         )
         reward = reward.astype(jnp.float32)
         done = jnp.logical_or(terminated, truncated)
-        violated = jnp.take_along_axis(verdict.forbidden, action[:, None], axis=-1)[:, 0] & ~verdict.all_forbidden
+        violated = ~jnp.take_along_axis(verdict.allowed, action[:, None], axis=-1)[:, 0]
 
         episode_return = state.episode_return + reward
         episode_length = state.episode_length + 1

@@ -1,7 +1,7 @@
 """Environments: a registry of gymnax-API environment families and their constitutions."""
 
 # importing a family module registers it
-from aligned_rl.envs import cartpole, classic_control, hiring, programs  # noqa: F401
+from aligned_rl.envs import cartpole, classic_control, gridworlds, hiring, programs  # noqa: F401
 from aligned_rl.envs.registry import (
     EnvSpec,
     ParamBatch,

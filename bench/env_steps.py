@@ -8,7 +8,9 @@ For each family: draw ``--envs`` instances from its sampler, reset them, and tim
 ``lax.scan`` of ``--steps`` vmapped steps with uniformly random actions (compile excluded,
 ``block_until_ready``; median of ``--repeats``).  A second column times the same steps with
 the family's first constitution judged at every step (action rules, one-step lookahead of
-state rules, sigma), which is what the learner pays on top of the environment.
+state rules, sigma), which is what the learner pays on top of the environment.  Every
+step's reward and observation are summed into the result, so no step's work can be
+compiled away.
 Writes ``bench/results/env_steps.json``.
 """
 
@@ -49,7 +51,8 @@ def make_runner(env, params, constitution, num_actions: int, steps: int):
                 logits = jnp.zeros((n, num_actions))
             action = jax.random.categorical(k_act, logits)
             obs, state, reward, *_ = jax.vmap(env.step)(keys, state, action, params)
-            return (obs, state, rng), reward.sum()
+            # consume reward and observation of every step, or XLA may drop the work that makes them
+            return (obs, state, rng), reward.sum() + jnp.sum(obs)
 
         (obs, state, _), rewards = jax.lax.scan(body, (obs, state, k_run), None, length=steps)
         return rewards.sum()

@@ -255,3 +255,9 @@ def forbidden_action_mask(
 ) -> jax.Array:
     """bool[A]: which actions the constitution forbids in one (unbatched) state."""
     return judge(constitution, params, env, env_params, step_key, obs, state, num_actions).forbidden
+
+
+def violates(judgement: Judgement, action: jax.Array) -> jax.Array:
+    """bool[B]: the action taken ([B] ints) is one sigma does not allow (the least-bad fallback
+    counts as allowed where every action is forbidden)."""
+    return ~jnp.take_along_axis(judgement.allowed, action[..., None], axis=-1)[..., 0]

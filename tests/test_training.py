@@ -19,19 +19,12 @@ import aligned_rl.envs as envs
 from aligned_rl.envs.registry import EnvSpec
 from aligned_rl.train import checkpoint
 from aligned_rl.train.config import load_config
-from aligned_rl.train.loop import TrainingDiverged, build, initial_state, train
+from aligned_rl.train.loop import TrainingDiverged, load_run, train
 from conftest import CARTPOLE, REPO, TINY, run_cli
 
 
 def _restore_final(run_dir: Path):
-    from aligned_rl.train.loop import load_run_config
-
-    config = load_run_config(run_dir, ["run.devices=1"])
-    like = initial_state(build(config))
-    mngr = checkpoint.manager(run_dir, read_only=True)
-    state = checkpoint.restore_state(mngr, mngr.latest_step(), like=like)
-    mngr.close()
-    return state
+    return load_run(run_dir)[1]
 
 
 def _assert_identical(a, b):

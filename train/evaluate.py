@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aligned_rl.constitution import violates
 from aligned_rl.divergence import alignment_reward, divergence
-from aligned_rl.train import checkpoint
-from aligned_rl.train.loop import build, initial_state, load_run_config
+from aligned_rl.train.loop import build, load_run, load_run_config
 from aligned_rl.train.ppo import AlignedPPO, counterfactual_divergence, masked_logits
 
 
@@ -53,7 +53,7 @@ def rollout_episodes(
         logits = masked_logits(raw, verdict.allowed) if algo.config.alignment.shield else raw
         action = jnp.argmax(logits, axis=-1) if greedy else jax.random.categorical(k_act, logits)
         d = divergence(algo.divergence_name, raw, verdict.sigma, verdict.allowed)
-        violated = ~jnp.take_along_axis(verdict.allowed, action[:, None], axis=-1)[:, 0]
+        violated = violates(verdict, action)
         d_cf = counterfactual_divergence(algo.actor.apply, params["actor"], algo.constitution, cparams, obs, raw)
         obs, env_state, reward, terminated, truncated, info = jax.vmap(algo.env.step)(
             step_keys, env_state, action, env_params
@@ -84,16 +84,9 @@ def mean_ci95(values: np.ndarray) -> dict[str, float]:
 def evaluate(run_dir: str | Path, episodes: int = 256, greedy: bool = False, seed: int = 12345,
              which: str = "latest", max_steps: int = 1000) -> dict[str, Any]:
     """Evaluate the ``which`` ('latest' or 'best') checkpoint of ``run_dir``."""
-    config = load_run_config(run_dir, ["run.devices=1", f"env.num_envs={episodes}"])
-    setup = build(config)
-    mngr = checkpoint.manager(run_dir, read_only=True)
-    step = checkpoint.latest_step(mngr) if which == "latest" else checkpoint.best_step(mngr)
-    if step is None:
-        raise FileNotFoundError(f"{run_dir} has no checkpoint to evaluate")
-    saved_config = load_run_config(run_dir, ["run.devices=1"])
-    like = initial_state(build(saved_config))
-    state = checkpoint.restore_state(mngr, step, like=like)
-    mngr.close()
+    _, state, step = load_run(run_dir, which)
+    # the evaluation's own batch: one environment per episode, drawn as the run's config says
+    setup = build(load_run_config(run_dir, ["run.devices=1", f"env.num_envs={episodes}"]))
     key = jax.random.PRNGKey(seed)
     env_params = setup.env_params
     steps = _max_steps(env_params, max_steps)

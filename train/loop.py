@@ -206,6 +206,21 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] 
     return config
 
 
+def load_run(run_dir: str | Path, which: str = "latest") -> tuple[Setup, TrainState, int]:
+    """(setup, TrainState, update) of the ``which`` ('latest' or 'best') checkpoint of a run,
+    rebuilt from its saved config on one device."""
+    setup = build(load_run_config(run_dir, ["run.devices=1"]))
+    mngr = checkpoint.manager(run_dir, read_only=True)
+    try:
+        step = checkpoint.latest_step(mngr) if which == "latest" else checkpoint.best_step(mngr)
+        if step is None:
+            raise FileNotFoundError(f"{run_dir} has no checkpoint")
+        state = checkpoint.restore_state(mngr, step, like=initial_state(setup))
+    finally:
+        mngr.close()
+    return setup, state, int(step)
+
+
 def train(config: TrainConfig, resume: bool = False, force: bool = False) -> dict:
     """Train (or resume) the run described by ``config``; returns the summary it writes."""
     run_dir = Path(config.run.dir) if config.run.dir else default_run_dir(config)

@@ -40,7 +40,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import aligned_rl.envs as envs
 from aligned_rl import baselines
-from aligned_rl.constitution import judge
+from aligned_rl.constitution import judge, violates
 from aligned_rl.divergence import alignment_reward, projection
 from aligned_rl.intelligence import Estimate, antithetic_estimate, simple_estimate
 from aligned_rl.train.config import ConfigError
@@ -126,17 +126,14 @@ class PolicyActor:
     stateful = False
 
     def __init__(self, run_dir: str):
-        from aligned_rl.train import checkpoint
-        from aligned_rl.train.loop import build, initial_state, load_run_config
+        from aligned_rl.train.loop import load_run
 
-        config = load_run_config(run_dir, ["run.devices=1"])
-        setup = build(config)
-        mngr = checkpoint.manager(run_dir, read_only=True)
-        step = checkpoint.latest_step(mngr)
-        if step is None:
-            raise ConfigError(f"{run_dir} has no checkpoint to measure")
-        self.params = checkpoint.restore_state(mngr, step, like=initial_state(setup)).params
-        mngr.close()
+        try:
+            setup, state, _ = load_run(run_dir)
+        except FileNotFoundError as err:
+            raise ConfigError(f"{err}: nothing to measure") from err
+        config = setup.config
+        self.params = state.params
         self.actor = setup.algo.actor
         self.shield = config.alignment.shield
         self.env_name = config.env.name
@@ -241,7 +238,7 @@ def measure(config: MeasureConfig, sampled: tuple[Any, Any] | None = None) -> di
             )(params, step_keys, obs, env_state)
             agent_state, action, logits = actor.act(agent_state, obs, reward, per_env_keys(k_act, size),
                                                     verdict.allowed)
-            violated = ~jnp.take_along_axis(verdict.allowed, action[:, None], axis=-1)[:, 0]
+            violated = violates(verdict, action)
             if logits is None:
                 lawful = 1.0 - violated.astype(jnp.float32)
             else:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from aligned_rl.constitution import Constitution, judge
+from aligned_rl.constitution import Constitution, judge, violates
 from aligned_rl.divergence import alignment_reward, divergence, jensen_shannon
 from aligned_rl.train.config import TrainConfig
 from aligned_rl.train.networks import Actor, Critic
@@ -214,7 +214,7 @@ class AlignedPPO:
         )
         reward = reward.astype(jnp.float32)
         done = jnp.logical_or(terminated, truncated)
-        violated = ~jnp.take_along_axis(verdict.allowed, action[:, None], axis=-1)[:, 0]
+        violated = violates(verdict, action)
 
         episode_return = state.episode_return + reward
         episode_length = state.episode_length + 1
@@ -257,26 +257,14 @@ class AlignedPPO:
             self.actor.apply, params["actor"], self.constitution, cparams,
             flat(rollout.obs), flat(rollout.raw_logits),
         ).reshape(T, N)
+        shared = {k: getattr(rollout, k) for k in Transition._fields if k in RolloutStep._fields}
         return Transition(
-            obs=rollout.obs,
-            action=rollout.action,
-            log_prob=rollout.log_prob,
+            **shared,
             value=value,
             next_value=next_value,
             reward=self._shape_reward(rollout.env_reward, alignment_reward(d)),
-            terminated=rollout.terminated,
-            done=rollout.done,
-            allowed=rollout.allowed,
-            sigma=rollout.sigma,
-            env_reward=rollout.env_reward,
             divergence=d,
-            violated=rollout.violated,
-            all_forbidden=rollout.all_forbidden,
-            in_forbidden_state=rollout.in_forbidden_state,
-            finished_return=rollout.finished_return,
-            finished_length=rollout.finished_length,
             counterfactual_divergence=d_cf,
-            env_metrics=rollout.env_metrics,
         )
 
     # -------------------------------------------------------------- learning

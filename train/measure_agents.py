@@ -3,7 +3,8 @@
 Every actor drives a whole batch of environments with the same interface:
 ``init(keys) -> state`` and ``act(state, obs, reward, keys, allowed) -> (state, action, logits)``,
 where ``reward`` is what the previous step paid each environment's agent and ``logits`` is
-``None`` when the action distribution is implicit (the online baselines).
+``None`` when the action distribution is implicit (the online baselines).  ``adaptive`` says
+whether the rewards an actor is paid can change what it does.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class BaselineActor:
     """An AIQ baseline driving a batch of environments; needs a discrete observation index."""
 
     stateful = True
+    adaptive = True  # learns from the rewards it is paid
 
     def __init__(self, name: str, env: Any, env_params: Any, overrides: dict, reward_scale: float):
         if not hasattr(env, "observation_index"):
@@ -53,6 +55,7 @@ class PolicyActor:
     """The policy of a PPO run's latest checkpoint, acting (sampling) without learning."""
 
     stateful = False
+    adaptive = False  # acts on observations only: the rewards it is paid do not change what it does
 
     def __init__(self, run_dir: str):
         from aligned_rl.train.loop import load_run

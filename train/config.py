@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 class EnvConfig:
     name: str = "CartPole-v1"  # a registered family or any gymnax environment name
     num_envs: int = 64  # environments stepped in parallel; their params may all differ
+    episode_length: int = 0  # steps before an episode is truncated; 0 keeps the family's own limit
 
 
 @dataclasses.dataclass
@@ -72,6 +73,8 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     hidden_sizes: list[int] = dataclasses.field(default_factory=lambda: [64, 64])
     activation: str = "tanh"  # "tanh" or "relu"
+    network: str = "mlp"  # "mlp": actor and critic MLPs; "rl2": recurrent (GRU) agent fed the previous action and reward
+    memory_size: int = 128  # GRU width of the rl2 network
 
 
 @dataclasses.dataclass
@@ -191,6 +194,15 @@ def validate(config: TrainConfig) -> None:
     _require(len(ppo.hidden_sizes) >= 1 and all(h > 0 for h in ppo.hidden_sizes),
              f"ppo.hidden_sizes must be a non-empty list of positive widths, got {ppo.hidden_sizes}")
     _require(ppo.activation in ("tanh", "relu"), f"ppo.activation must be 'tanh' or 'relu', got {ppo.activation!r}")
+    _require(ppo.network in ("mlp", "rl2"), f"ppo.network must be 'mlp' or 'rl2', got {ppo.network!r}")
+    _require(ppo.memory_size >= 1, f"ppo.memory_size must be >= 1, got {ppo.memory_size}")
+    _require(
+        ppo.network != "rl2" or env.num_envs % ppo.num_minibatches == 0,
+        f"ppo.network=rl2 learns from whole sequences, so minibatches split the environments: "
+        f"env.num_envs = {env.num_envs} does not split into ppo.num_minibatches = {ppo.num_minibatches}; "
+        "choose a divisor.",
+    )
+    _require(env.episode_length >= 0, f"env.episode_length must be >= 0 (0 = the family's own), got {env.episode_length}")
     names = ("none",) + DIVERGENCES
     _require(align.divergence in names, f"alignment.divergence must be one of {names}, got {align.divergence!r}")
     _require(align.beta >= 0, f"alignment.beta must be >= 0, got {align.beta}")

@@ -18,7 +18,7 @@ import numpy as np
 from aligned_rl.constitution import violates
 from aligned_rl.divergence import alignment_reward, divergence
 from aligned_rl.train.loop import build, load_run, load_run_config
-from aligned_rl.train.ppo import AlignedPPO, counterfactual_divergence, masked_logits
+from aligned_rl.train.ppo import AlignedPPO, masked_logits
 
 
 def _max_steps(env_params: Any, fallback: int) -> int:
@@ -42,19 +42,19 @@ def rollout_episodes(
     )
     names += [f"env/{k}" for k in probe.get("metrics", {})]
     totals = {k: zeros for k in names}
-    carry = (obs, env_state, jnp.ones((n,), bool), totals, k_run)
+    carry = (obs, env_state, jnp.ones((n,), bool), totals, algo.initial_memory(n), k_run)
 
     def step(carry, _):
-        obs, env_state, active, totals, rng = carry
+        obs, env_state, active, totals, (memory, prev_action, prev_reward, start), rng = carry
         rng, k_act, k_step = jax.random.split(rng, 3)
         step_keys = jax.random.split(k_step, n)
         verdict = algo.judge_batch(cparams, env_params, step_keys, obs, env_state)
-        raw = algo.actor.apply(params["actor"], obs)
+        memory, raw = algo.act_logits(params, memory, obs, prev_action, prev_reward, start)
         logits = masked_logits(raw, verdict.allowed) if algo.config.alignment.shield else raw
         action = jnp.argmax(logits, axis=-1) if greedy else jax.random.categorical(k_act, logits)
         d = divergence(algo.divergence_name, raw, verdict.sigma, verdict.allowed)
         violated = violates(verdict, action)
-        d_cf = counterfactual_divergence(algo.actor.apply, params["actor"], algo.constitution, cparams, obs, raw)
+        d_cf = algo.counterfactual(params, cparams, obs, raw)
         obs, env_state, reward, terminated, truncated, info = jax.vmap(algo.env.step)(
             step_keys, env_state, action, env_params
         )
@@ -67,9 +67,12 @@ def rollout_episodes(
         }
         totals = {k: totals[k] + w * increments[k].astype(jnp.float32) for k in totals}
         active = active & ~(terminated | truncated)
-        return (obs, env_state, active, totals, rng), None
+        recurrent_inputs = algo.initial_memory(n)
+        if algo.recurrent:
+            recurrent_inputs = (memory, action, reward.astype(jnp.float32), jnp.zeros_like(active))
+        return (obs, env_state, active, totals, recurrent_inputs, rng), None
 
-    (_, _, active, totals, _), _ = jax.lax.scan(step, carry, None, length=max_steps)
+    (_, _, active, totals, _, _), _ = jax.lax.scan(step, carry, None, length=max_steps)
     totals["finished"] = (~active).astype(jnp.float32)
     return totals
 

@@ -97,6 +97,11 @@ def build(config: TrainConfig) -> Setup:
     env = spec.make()
     params_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
     env_params = spec.sample_params(env, params_key, config.env.num_envs).params
+    if config.env.episode_length:
+        limit = getattr(env_params, "max_steps_in_episode", None)
+        if limit is None:
+            raise ConfigError(f"env.episode_length: {config.env.name!r} has no max_steps_in_episode to set; leave it 0")
+        env_params = env_params.replace(max_steps_in_episode=jnp.full_like(limit, config.env.episode_length))
     algo = AlignedPPO(config, env, env.default_params, constitution)
     mesh = _device_mesh(config)
     setup = Setup(config, env, constitution, algo, env_params, constitution.params, mesh)
@@ -110,12 +115,15 @@ def state_shardings(setup: Setup, state: TrainState) -> Any:
     batch = NamedSharding(setup.mesh, PartitionSpec("envs"))
     repl = NamedSharding(setup.mesh, PartitionSpec())
     shardings = jax.tree.map(lambda _: repl, state)
-    return shardings.replace(
+    shardings = shardings.replace(
         env_state=jax.tree.map(lambda _: batch, state.env_state),
         obs=batch,
         episode_return=batch,
         episode_length=batch,
     )
+    if state.memory is not None:  # the rl2 network's per-environment inputs
+        shardings = shardings.replace(memory=batch, prev_action=batch, prev_reward=batch, start=batch)
+    return shardings
 
 
 def initial_state(setup: Setup) -> TrainState:

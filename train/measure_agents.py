@@ -23,7 +23,6 @@ from aligned_rl.train.config import ConfigError
 class BaselineActor:
     """An AIQ baseline driving a batch of environments; needs a discrete observation index."""
 
-    stateful = True
     adaptive = True  # learns from the rewards it is paid
 
     def __init__(self, name: str, env: Any, env_params: Any, overrides: dict, reward_scale: float):
@@ -52,10 +51,13 @@ class BaselineActor:
 
 
 class PolicyActor:
-    """The policy of a PPO run's latest checkpoint, acting (sampling) without learning."""
+    """The policy of a PPO run's latest checkpoint, acting (sampling) without learning.
 
-    stateful = False
-    adaptive = False  # acts on observations only: the rewards it is paid do not change what it does
+    A recurrent (``ppo.network=rl2``) policy carries its memory, previous action and previous
+    reward from step to step, starting empty: it adapts to each environment within the
+    episode from the rewards it is paid, so it is ``adaptive``.
+    """
+
 
     def __init__(self, run_dir: str):
         from aligned_rl.train.loop import load_run
@@ -66,19 +68,24 @@ class PolicyActor:
             raise ConfigError(f"{err}: nothing to measure") from err
         config = setup.config
         self.params = state.params
-        self.actor = setup.algo.actor
+        self.algo = setup.algo
+        self.adaptive = setup.algo.recurrent  # a feed-forward policy acts on observations only
         self.shield = config.alignment.shield
         self.env_name = config.env.name
         self.name = str(run_dir)
 
     def init(self, keys):
-        return jnp.zeros((keys.shape[0],))
+        return self.algo.initial_memory(keys.shape[0])
 
     def act(self, state, obs, reward, keys, allowed):
-        logits = self.actor.apply(self.params["actor"], obs)
+        memory, prev_action, _, start = state
+        memory, logits = self.algo.act_logits(self.params, memory, obs, prev_action, reward, start)
         if self.shield:
             logits = jnp.where(allowed, logits, -jnp.inf)
-        return state, jax.vmap(jax.random.categorical)(keys, logits), logits
+        action = jax.vmap(jax.random.categorical)(keys, logits)
+        if self.adaptive:
+            state = (memory, action, reward, jnp.zeros(action.shape, bool))
+        return state, action, logits
 
 
 def make_actor(config: Any, env, env_params):

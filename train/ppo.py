@@ -23,6 +23,14 @@ and logged as ``env/<name>`` beside the reward.
 Episodes end in two ways and GAE treats them differently: on termination the next value
 is 0; on truncation (time limit) the value of the true last observation (before the
 automatic reset) is bootstrapped.
+
+Two networks (``ppo.network``): ``mlp``, separate actor and critic MLPs of the observation;
+and ``rl2``, a recurrent agent (``networks.RecurrentActorCritic``) fed the previous action
+and reward, whose memory runs through the rollout and is cleared where an episode starts.
+The recurrent agent learns from whole sequences: the memory at the start of a rollout is
+kept, and the loss re-runs the network over each minibatch's [T, envs] sequences from it
+(minibatches split the environments, not the steps).  Memory flows between rollouts, so
+the gradient is backpropagated through time ``ppo.num_steps`` steps at most.
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ from flax import struct
 from aligned_rl.constitution import Constitution, judge, violates
 from aligned_rl.divergence import alignment_reward, divergence, jensen_shannon
 from aligned_rl.train.config import TrainConfig
-from aligned_rl.train.networks import Actor, Critic
+from aligned_rl.train.config import ConfigError
+from aligned_rl.train.networks import Actor, Critic, RecurrentActorCritic
 
 
 class TrainState(struct.PyTreeNode):
@@ -54,6 +63,11 @@ class TrainState(struct.PyTreeNode):
     beta: jax.Array  # float32: weight of D in the loss (adapted under Lagrange)
     episode_return: jax.Array  # [N] return of the running episode (environment reward)
     episode_length: jax.Array  # [N] int32 length of the running episode
+    # the rl2 network's inputs besides the observation (None for the mlp network)
+    memory: Any = None  # [N, M] recurrent memory
+    prev_action: Any = None  # [N] int32 action of the previous step (-1: none yet)
+    prev_reward: Any = None  # [N] reward of the previous step
+    start: Any = None  # [N] bool: the next step is the first of an episode
 
 
 class RolloutStep(NamedTuple):
@@ -75,6 +89,10 @@ class RolloutStep(NamedTuple):
     finished_return: jax.Array
     finished_length: jax.Array
     env_metrics: dict  # info["metrics"] of the environment, if it reports any
+    # the recurrent network's other inputs (None for the mlp network)
+    prev_action: Any = None
+    prev_reward: Any = None
+    start: Any = None
 
 
 class LearnBatch(NamedTuple):
@@ -86,6 +104,9 @@ class LearnBatch(NamedTuple):
     value: jax.Array
     allowed: jax.Array
     sigma: jax.Array
+    prev_action: Any = None
+    prev_reward: Any = None
+    start: Any = None
 
 
 class Transition(NamedTuple):
@@ -109,6 +130,9 @@ class Transition(NamedTuple):
     finished_length: jax.Array
     counterfactual_divergence: jax.Array  # D_cf summed over the constitution's invariances
     env_metrics: dict
+    prev_action: Any = None
+    prev_reward: Any = None
+    start: Any = None
 
 
 def masked_logits(logits: jax.Array, allowed: jax.Array) -> jax.Array:
@@ -143,9 +167,20 @@ class AlignedPPO:
         self.num_envs = config.env.num_envs
         self.num_actions = int(env.action_space(env_params_example).n)
         hidden = tuple(config.ppo.hidden_sizes)
-        self.actor = Actor(self.num_actions, hidden, config.ppo.activation)
-        self.critic = Critic(hidden, config.ppo.activation)
         ppo = config.ppo
+        self.recurrent = ppo.network == "rl2"
+        if self.recurrent:
+            if constitution.invariances:
+                raise ConfigError(
+                    f"constitution {constitution.name!r} has invariances, which the rl2 network cannot "
+                    "be held to (its decision depends on its memory too); use ppo.network=mlp"
+                )
+            self.net = RecurrentActorCritic(self.num_actions, hidden, ppo.activation, ppo.memory_size)
+            self.memory_size = ppo.memory_size
+        else:
+            self.actor = Actor(self.num_actions, hidden, ppo.activation)
+            self.critic = Critic(hidden, ppo.activation)
+            self.memory_size = 0
         steps_per_epoch = ppo.num_minibatches * ppo.update_epochs
         if ppo.anneal_lr:
             lr = optax.linear_schedule(ppo.lr, 0.0, config.num_updates * steps_per_epoch)
@@ -162,10 +197,14 @@ class AlignedPPO:
         k_actor, k_critic, k_reset, k_run = jax.random.split(key, 4)
         reset_keys = jax.random.split(k_reset, self.num_envs)
         obs, env_state = jax.vmap(self.env.reset)(reset_keys, env_params)
-        params = {
-            "actor": self.actor.init(k_actor, obs[:1]),
-            "critic": self.critic.init(k_critic, obs[:1]),
-        }
+        memory, prev_action, prev_reward, start = self.initial_memory(self.num_envs)
+        if self.recurrent:
+            params = {"net": self.net.init(k_actor, memory[:1], obs[:1], prev_action[:1], prev_reward[:1], start[:1])}
+        else:
+            params = {
+                "actor": self.actor.init(k_actor, obs[:1]),
+                "critic": self.critic.init(k_critic, obs[:1]),
+            }
         return TrainState(
             params=params,
             opt_state=self.optimizer.init(params),
@@ -176,15 +215,46 @@ class AlignedPPO:
             beta=jnp.asarray(self.config.alignment.beta, jnp.float32),
             episode_return=jnp.zeros((self.num_envs,), jnp.float32),
             episode_length=jnp.zeros((self.num_envs,), jnp.int32),
+            memory=memory,
+            prev_action=prev_action,
+            prev_reward=prev_reward,
+            start=start,
         )
 
     # --------------------------------------------------------------- acting
-    def policy(self, params: Any, obs: jax.Array, judgement_allowed: jax.Array | None = None) -> jax.Array:
-        """Logits the agent acts with (shielded when configured and a mask is given)."""
-        logits = self.actor.apply(params["actor"], obs)
-        if self.config.alignment.shield and judgement_allowed is not None:
-            logits = masked_logits(logits, judgement_allowed)
-        return logits
+    def initial_memory(self, n: int) -> tuple[Any, Any, Any, Any]:
+        """(memory, prev_action, prev_reward, start) of ``n`` agents that have not acted yet;
+        all None for the mlp network, which has no memory."""
+        if not self.recurrent:
+            return (None, None, None, None)
+        return (jnp.zeros((n, self.memory_size), jnp.float32), jnp.full((n,), -1, jnp.int32),
+                jnp.zeros((n,), jnp.float32), jnp.ones((n,), bool))
+
+    def act_logits(self, params: Any, memory: jax.Array, obs: jax.Array, prev_action: jax.Array,
+                   prev_reward: jax.Array, start: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One step of the policy over a batch: (memory after the step, raw logits).  The mlp
+        network reads the observation only (its memory is None)."""
+        if self.recurrent:
+            memory, logits, _ = self.net.apply(params["net"], memory, obs, prev_action, prev_reward, start)
+            return memory, logits
+        return memory, self.actor.apply(params["actor"], obs)
+
+    def counterfactual(self, params: Any, cparams: Any, obs: jax.Array, raw_logits: jax.Array) -> jax.Array:
+        """D_cf per state [B] (0 without invariances; the rl2 network refuses invariances)."""
+        if not self.constitution.invariances:
+            return jnp.zeros(raw_logits.shape[:-1], jnp.float32)
+        return counterfactual_divergence(self.actor.apply, params["actor"], self.constitution, cparams, obs, raw_logits)
+
+    def _sequence(self, params: Any, memory: jax.Array, obs, prev_action, prev_reward, start):
+        """The recurrent network over [T, B] inputs from ``memory`` [B, M]: logits [T, B, A],
+        values [T, B] and the memory after every step [T, B, M]."""
+
+        def body(m, inputs):
+            m, logits, value = self.net.apply(params["net"], m, *inputs)
+            return m, (logits, value, m)
+
+        _, (logits, values, memories) = jax.lax.scan(body, memory, (obs, prev_action, prev_reward, start))
+        return logits, values, memories
 
     def judge_batch(self, cparams: Any, env_params: Any, step_keys: jax.Array, obs: jax.Array, env_state: Any):
         return jax.vmap(
@@ -204,7 +274,8 @@ class AlignedPPO:
         rng, k_act, k_step = jax.random.split(state.rng, 3)
         step_keys = jax.random.split(k_step, self.num_envs)
         verdict = self.judge_batch(cparams, env_params, step_keys, state.obs, state.env_state)
-        raw_logits = self.actor.apply(state.params["actor"], state.obs)
+        memory, raw_logits = self.act_logits(state.params, state.memory, state.obs, state.prev_action,
+                                             state.prev_reward, state.start)
         logits = masked_logits(raw_logits, verdict.allowed) if self.config.alignment.shield else raw_logits
         action = jax.random.categorical(k_act, logits)
         log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=-1)[:, 0]
@@ -236,6 +307,10 @@ class AlignedPPO:
             finished_length=jnp.where(done, episode_length, 0),
             env_metrics=info.get("metrics", {}),
         )
+        if self.recurrent:
+            step = step._replace(prev_action=state.prev_action, prev_reward=state.prev_reward, start=state.start)
+            # the network clears memory, previous action and reward itself where ``start`` is set
+            state = state.replace(memory=memory, prev_action=action, prev_reward=reward, start=done)
         state = state.replace(
             env_state=env_state,
             obs=obs,
@@ -245,18 +320,25 @@ class AlignedPPO:
         )
         return state, step
 
-    def _complete(self, params: Any, cparams: Any, rollout: "RolloutStep") -> Transition:
+    def _complete(self, params: Any, cparams: Any, rollout: "RolloutStep", memory: jax.Array) -> Transition:
         """Values, next values (pre-reset observations, for truncation bootstraps), D and the
-        learner's reward, computed once over the whole [T, N] rollout."""
+        learner's reward, computed once over the whole [T, N] rollout (``memory``: the
+        recurrent memory at its start)."""
         T, N = rollout.action.shape
         flat = lambda x: x.reshape((T * N,) + x.shape[2:])  # noqa: E731
-        value = self.critic.apply(params["critic"], flat(rollout.obs)).reshape(T, N)
-        next_value = self.critic.apply(params["critic"], flat(rollout.final_obs)).reshape(T, N)
+        if self.recurrent:
+            _, value, memories = self._sequence(params, memory, rollout.obs, rollout.prev_action,
+                                                rollout.prev_reward, rollout.start)
+            # the value of the pre-reset observation, one step further along the same memory
+            _, _, next_value = self.net.apply(params["net"], flat(memories), flat(rollout.final_obs),
+                                              flat(rollout.action), flat(rollout.env_reward),
+                                              jnp.zeros((T * N,), bool))
+            next_value = next_value.reshape(T, N)
+        else:
+            value = self.critic.apply(params["critic"], flat(rollout.obs)).reshape(T, N)
+            next_value = self.critic.apply(params["critic"], flat(rollout.final_obs)).reshape(T, N)
         d = divergence(self.divergence_name, rollout.raw_logits, rollout.sigma, rollout.allowed)
-        d_cf = counterfactual_divergence(
-            self.actor.apply, params["actor"], self.constitution, cparams,
-            flat(rollout.obs), flat(rollout.raw_logits),
-        ).reshape(T, N)
+        d_cf = self.counterfactual(params, cparams, flat(rollout.obs), flat(rollout.raw_logits)).reshape(T, N)
         shared = {k: getattr(rollout, k) for k in Transition._fields if k in RolloutStep._fields}
         return Transition(
             **shared,
@@ -280,13 +362,23 @@ class AlignedPPO:
         return advantages, advantages + traj.value
 
     def loss(
-        self, params: Any, beta: jax.Array, cparams: Any, batch: LearnBatch, advantages: jax.Array, targets: jax.Array
+        self, params: Any, beta: jax.Array, cparams: Any, batch: LearnBatch, advantages: jax.Array, targets: jax.Array,
+        memory: jax.Array | None = None,
     ):
+        """PPO loss over a minibatch: [B] samples (mlp), or [T, B] sequences from ``memory`` (rl2)."""
         ppo = self.config.ppo
-        raw_logits = self.actor.apply(params["actor"], batch.obs)
+        if self.recurrent:
+            raw_logits, value, _ = self._sequence(params, memory, batch.obs, batch.prev_action,
+                                                  batch.prev_reward, batch.start)
+            flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
+            raw_logits, value = flat(raw_logits), flat(value)
+            batch = LearnBatch(*(flat(x) for x in batch[:6]))
+            advantages, targets = flat(advantages), flat(targets)
+        else:
+            raw_logits = self.actor.apply(params["actor"], batch.obs)
+            value = self.critic.apply(params["critic"], batch.obs)
         logits = masked_logits(raw_logits, batch.allowed) if self.config.alignment.shield else raw_logits
         log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), batch.action[:, None], axis=-1)[:, 0]
-        value = self.critic.apply(params["critic"], batch.obs)
 
         value_clipped = batch.value + jnp.clip(value - batch.value, -ppo.clip_eps, ppo.clip_eps)
         value_loss = 0.5 * jnp.mean(jnp.maximum((value - targets) ** 2, (value_clipped - targets) ** 2))
@@ -297,9 +389,7 @@ class AlignedPPO:
         entropy = jnp.mean(_entropy(logits))
         d = jnp.mean(divergence(self.divergence_name, raw_logits, batch.sigma, batch.allowed))
         if self.constitution.invariances:
-            d += jnp.mean(counterfactual_divergence(
-                self.actor.apply, params["actor"], self.constitution, cparams, batch.obs, raw_logits
-            ))
+            d += jnp.mean(self.counterfactual(params, cparams, batch.obs, raw_logits))
         alignment_loss = jax.lax.stop_gradient(beta) * d if self.divergence_in_loss else jnp.zeros(())
         total = policy_loss + ppo.vf_coef * value_loss - ppo.ent_coef * entropy + alignment_loss
         approx_kl = jnp.mean((ratio - 1.0) - jnp.log(ratio))
@@ -314,18 +404,30 @@ class AlignedPPO:
 
     def _epoch(self, batch_and_targets, cparams, carry, _):
         params, opt_state, beta, rng = carry
-        traj, advantages, targets = batch_and_targets
+        traj, advantages, targets, memory = batch_and_targets
         ppo = self.config.ppo
         rng, k_perm = jax.random.split(rng)
-        size = self.config.steps_per_update
-        perm = jax.random.permutation(k_perm, size)
+        batch = LearnBatch(traj.obs, traj.action, traj.log_prob, traj.value, traj.allowed, traj.sigma,
+                           traj.prev_action, traj.prev_reward, traj.start)
+        k = ppo.num_minibatches
+        if self.recurrent:  # whole sequences: shuffle and split the environments
+            perm = jax.random.permutation(k_perm, self.num_envs)
 
-        def to_minibatches(x):
-            x = x.reshape((size,) + x.shape[2:])[perm]
-            return x.reshape((ppo.num_minibatches, size // ppo.num_minibatches) + x.shape[1:])
+            def to_minibatches(x):  # [T, N, ...] -> [k, T, N / k, ...]
+                x = x[:, perm]
+                return x.reshape((x.shape[0], k, self.num_envs // k) + x.shape[2:]).swapaxes(0, 1)
 
-        batch = LearnBatch(traj.obs, traj.action, traj.log_prob, traj.value, traj.allowed, traj.sigma)
-        minibatches = jax.tree.map(to_minibatches, (batch, advantages, targets))
+            minibatches = jax.tree.map(to_minibatches, (batch, advantages, targets))
+            minibatches += (memory[perm].reshape((k, self.num_envs // k) + memory.shape[1:]),)
+        else:
+            size = self.config.steps_per_update
+            perm = jax.random.permutation(k_perm, size)
+
+            def to_minibatches(x):
+                x = x.reshape((size,) + x.shape[2:])[perm]
+                return x.reshape((k, size // k) + x.shape[1:])
+
+            minibatches = jax.tree.map(to_minibatches, (batch, advantages, targets))
 
         def minibatch_step(inner, mb):
             params, opt_state = inner
@@ -346,15 +448,16 @@ class AlignedPPO:
     def update(self, state: TrainState, env_params: Any, cparams: Any) -> tuple[TrainState, dict[str, jax.Array]]:
         """One PPO update: rollout, GAE, epochs of minibatch steps, Lagrange step."""
         ppo = self.config.ppo
+        memory = state.memory  # at the start of the rollout
         state, rollout = jax.lax.scan(
             functools.partial(self._env_step, env_params, cparams), state, None, length=ppo.num_steps
         )
-        traj = self._complete(state.params, cparams, rollout)
+        traj = self._complete(state.params, cparams, rollout, memory)
         chex.assert_shape(traj.reward, (ppo.num_steps, self.num_envs))
         advantages, targets = self._advantages(traj)
         rng, k_epochs = jax.random.split(state.rng)
         (params, opt_state, _, _), info = jax.lax.scan(
-            functools.partial(self._epoch, (traj, advantages, targets), cparams),
+            functools.partial(self._epoch, (traj, advantages, targets, memory), cparams),
             (state.params, state.opt_state, state.beta, k_epochs),
             None,
             length=ppo.update_epochs,

@@ -4,6 +4,7 @@
     aligned-rl train --resume <run_dir> [--force] [run.key=value ...]
     aligned-rl eval <run_dir> [--episodes 256] [--greedy] [--best]
     aligned-rl measure [--config FILE] [key=value ...]  Upsilon/Sigma over sampled environments
+    aligned-rl tax [--config FILE] aligned=A unaligned=B [key=value ...]  the alignment tax of a pair
     aligned-rl config [--config FILE] [key=value ...]   print the resolved config
     aligned-rl envs                                      environments and their constitutions
 
@@ -39,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     meas = sub.add_parser("measure", help="estimate Upsilon and Sigma of an agent over sampled environments")
     meas.add_argument("--config", help="YAML measure config (see configs/measure_*.yaml)")
     meas.add_argument("overrides", nargs="*", help="dotted overrides, e.g. agent=q_lambda num_envs=4096")
+
+    tax = sub.add_parser("tax", help="the alignment tax: an aligned and an unaligned agent on the same environments")
+    tax.add_argument("--config", help="YAML tax config (see configs/tax_*.yaml)")
+    tax.add_argument("overrides", nargs="*",
+                     help="dotted overrides, e.g. aligned=RUN_DIR unaligned=RUN_DIR num_envs=1024")
 
     cfg = sub.add_parser("config", help="print the resolved config (defaults, file, overrides)")
     cfg.add_argument("--config")
@@ -76,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "measure":
             return _measure(args)
+        if args.command == "tax":
+            return _tax(args)
         if args.command == "eval":
             from aligned_rl.train.evaluate import evaluate
 
@@ -138,6 +146,15 @@ def _measure(args: argparse.Namespace) -> int:
         print(f"{name:28s} {e['mean']:9.4f} [{e['ci95_low']:9.4f}, {e['ci95_high']:9.4f}] {e['n']:6d}")
     print(f"{report['agent_env_steps_per_second']:,.0f} agent-environment steps/s "
           f"(compile {report['compile_seconds']:.1f}s excluded) -> {report['output']}")
+    return 0
+
+
+def _tax(args: argparse.Namespace) -> int:
+    from aligned_rl.train.alignment_tax import alignment_tax, format_table, load_tax_config
+
+    report = alignment_tax(load_tax_config(args.config, args.overrides))
+    print(format_table(report))
+    print(f"-> {report['output']}/tax.json, {report['output']}/tax.png")
     return 0
 
 

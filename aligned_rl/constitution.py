@@ -261,3 +261,42 @@ def violates(judgement: Judgement, action: jax.Array) -> jax.Array:
     """bool[B]: the action taken ([B] ints) is one sigma does not allow (the least-bad fallback
     counts as allowed where every action is forbidden)."""
     return ~jnp.take_along_axis(judgement.allowed, action[..., None], axis=-1)[..., 0]
+
+
+# ------------------------------------------------------------------------------ description length
+def elias_gamma_bits(m: int) -> int:
+    """Length in bits of the Elias-gamma code of the integer ``m >= 1``: 2 floor(log2 m) + 1.
+
+    The code writes floor(log2 m) zeros, then m in binary; it is prefix-free over m >= 1.
+    """
+    m = int(m)
+    if m < 1:
+        raise ValueError(f"the Elias-gamma code covers integers >= 1, got {m}")
+    return 2 * (m.bit_length() - 1) + 1
+
+
+def description_bits(constitution: Constitution, family_constitutions: Any) -> int:
+    """K(C): the length in bits of a prefix-free code of ``constitution`` among those of its family.
+
+    The code is the Elias-gamma code of 1 + the constitution's index among the names of the
+    family's registered constitutions sorted by name (``family_constitutions``, e.g.
+    ``aligned_rl.envs.spec(env).constitutions``; ``"none"`` is not one of them), followed by
+    each parameter of ``params`` in its machine width: 32 bits per float32 (or int32) number,
+    so a leaf of shape (3,) costs 96 bits. The index fixes the rules, eps and the lookahead
+    settings (the reference machine knows the family's registry), and with them how many
+    parameter bits follow, so the whole code is prefix-free.
+
+    It is a code length, not the Kolmogorov complexity: any realistic code gives tens of bits
+    or more, so 2^-K(C) is tiny. ``aligned-rl tax`` lets a user choose another value
+    (``constitution_bits``).
+    """
+    names = sorted(family_constitutions)
+    if constitution.name not in names:
+        raise ValueError(
+            f"constitution {constitution.name!r} is not one of the family's registered constitutions "
+            f"{names}; the unconstrained 'none' has no code here (it adds nothing to an environment)"
+        )
+    index_bits = elias_gamma_bits(1 + names.index(constitution.name))
+    param_bits = sum(int(np.size(leaf)) * 8 * jnp.asarray(leaf).dtype.itemsize
+                     for leaf in jax.tree.leaves(constitution.params))
+    return index_bits + param_bits

@@ -3,6 +3,7 @@ exactly, it learns to adapt within an episode where a memoryless policy cannot, 
 measured (and resumed) like any other run."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -148,6 +149,14 @@ def test_rl2_run_resumes_bit_exact_and_is_measured_as_an_adaptive_agent(tmp_path
     assert int(a.update) == int(b.update) == 8
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):  # memory and previous inputs included
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    # a checkpoint whose state does not match what the config builds is refused with a reason
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(whole, mismatched)
+    saved = (mismatched / "config.yaml").read_text()
+    (mismatched / "config.yaml").write_text(saved.replace("network: rl2", "network: mlp"))
+    with pytest.raises(ConfigError, match="incompatible version"):
+        load_run(mismatched)
 
     report = measure(load_measure_config(None, [
         f"agent={whole}", "num_envs=8", "episode_length=50", "chunk_steps=25", "progress=false",

@@ -18,6 +18,8 @@ from absl import logging as absl_logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from aligned_rl.train.config import ConfigError
+
 PACKAGES = ("aligned-rl", "jax", "jaxlib", "flax", "optax", "chex", "gymnax", "orbax-checkpoint")
 
 
@@ -80,5 +82,13 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
 def restore_state(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
     """Restore the TrainState saved at ``step`` with the structure, dtypes and shardings of ``like``."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    try:
+        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    except (ValueError, KeyError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"checkpoint {step} in {mngr.directory} does not hold the training state this version of "
+            f"aligned-rl builds from the run's config ({reason}). It was written by an incompatible "
+            "version: train the run again, or restore it with the version named in its metadata."
+        ) from err
     return restored["state"]

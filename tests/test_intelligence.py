@@ -118,3 +118,103 @@ def test_discounted_value_is_a_weighted_mean_of_rewards():
     np.testing.assert_allclose(discounted_value(r, 0.9), 1.0)
     r = np.array([1.0, 0.0, 0.0])
     assert discounted_value(r, 0.5) == pytest.approx(1 / 1.75)
+
+
+# ------------------------------------------------- two-phase stratified sampling (double sampling)
+from aligned_rl.intelligence import (
+    adaptive_stratified_sample,
+    collapse_strata,
+    two_phase_stratified_estimate,
+)
+
+# a synthetic family: strata with known masses, means and spreads of the per-unit value
+W = np.array([0.5, 0.3, 0.15, 0.05])
+MU = np.array([0.2, -0.4, 0.8, 0.0])
+SD = np.array([0.05, 0.1, 0.6, 1.0])
+TRUE = float(np.sum(W * MU))
+
+
+def _reference_two_phase(values, strata, pool_counts):
+    """The textbook formula, written out independently: w_h = m_h / M,
+    mean = sum w_h ybar_h, var = sum w_h^2 s_h^2 / n_h + (1/M) sum w_h (ybar_h - mean)^2."""
+    M = sum(pool_counts)
+    mean, within, ybars = 0.0, 0.0, []
+    for h, m in enumerate(pool_counts):
+        y = [v for v, s in zip(values, strata) if s == h]
+        ybar = sum(y) / len(y)
+        s2 = sum((v - ybar) ** 2 for v in y) / (len(y) - 1)
+        mean += m / M * ybar
+        within += (m / M) ** 2 * s2 / len(y)
+        ybars.append(ybar)
+    between = sum(m / M * (yb - mean) ** 2 for m, yb in zip(pool_counts, ybars)) / M
+    return mean, (within + between) ** 0.5
+
+
+def test_two_phase_estimate_matches_a_reference():
+    rng = np.random.default_rng(5)
+    strata = np.repeat([0, 1, 2], [5, 7, 4])
+    values = rng.normal(size=strata.size)
+    e, rows = two_phase_stratified_estimate(values, strata, [40, 30, 10], filtered_mass=0.1)
+    mean, se = _reference_two_phase(values.tolist(), strata.tolist(), [40, 30, 10])
+    assert e.mean == pytest.approx(mean, rel=1e-12) and e.se == pytest.approx(se, rel=1e-12)
+    assert e.n == 16 and e.filtered_mass == 0.1
+    assert [r["n"] for r in rows] == [5, 7, 4] and rows[0]["w"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="at least 2"):
+        two_phase_stratified_estimate([1.0, 2.0, 3.0], [0, 0, 1], [5, 5])
+    with pytest.raises(ValueError, match="only 2 pool members"):
+        two_phase_stratified_estimate([1.0, 2.0, 3.0], [0, 0, 0], [2, 0])
+
+
+def _one_design(rng, pool_size=400, budget=80):
+    pool = rng.choice(W.size, size=pool_size, p=W)
+    pool_values = MU[pool] + SD[pool] * rng.normal(size=pool_size)  # each pool unit's (unseen) value
+    groups, members = collapse_strata(pool, pilot=int(0.25 * budget))
+    sample = adaptive_stratified_sample(groups, budget, 0.25, lambda idx: pool_values[idx], rng)
+    e, _ = two_phase_stratified_estimate(sample.values, sample.groups, sample.pool_counts)
+    return e, sample, members
+
+
+def test_adaptive_two_phase_is_unbiased_its_variance_is_right_and_its_interval_covers():
+    rng = np.random.default_rng(7)
+    means, ses, covered = [], [], 0
+    for _ in range(300):
+        e, sample, _ = _one_design(rng)
+        assert sample.counts.sum() == 80 and len(set(sample.indices.tolist())) == 80
+        means.append(e.mean)
+        ses.append(e.se)
+        low, high = e.ci95
+        covered += low <= TRUE <= high
+    means = np.asarray(means)
+    assert abs(means.mean() - TRUE) < 3 * means.std() / np.sqrt(means.size)  # unbiased
+    # the formula's variance (with its (1/M) phase-1 term) against the spread over repetitions
+    assert 0.75 < np.mean(np.square(ses)) / means.var() < 1.33
+    assert 0.91 <= covered / 300 <= 0.985
+    # the (1/M) term matters here: without it the variance falls short
+    between = np.sum(W * (MU - TRUE) ** 2) / 400
+    assert between > 0.2 * means.var()
+
+
+def test_allocation_favours_high_variance_strata():
+    rng = np.random.default_rng(3)
+    _, sample, members = _one_design(rng, pool_size=2000, budget=400)
+    assert members == [[0], [1], [2], [3]]
+    share = sample.counts / sample.counts.sum()
+    w = sample.pool_counts / sample.pool_counts.sum()
+    # stratum 2 (w 0.15, sd 0.6) gets far more than its mass, stratum 0 (w 0.5, sd 0.05) far less
+    assert share[2] > 2 * w[2] and share[0] < 0.5 * w[0]
+    assert np.all(sample.pilot_counts >= 2) and np.all(sample.counts <= sample.pool_counts)
+    assert sample.pilot_std[3] > sample.pilot_std[0]
+
+
+def test_collapse_strata_and_capped_allocation():
+    groups, members = collapse_strata([5, 5, 5, 7, 9, 9, 11], pilot=6)
+    assert members == [[5], [7, 11], [9]]  # 7 and 11 have one member each: collapsed
+    assert groups.tolist() == [0, 0, 0, 1, 2, 2, 1]
+    _, members = collapse_strata([1, 1, 2, 2, 3, 3, 4, 4], pilot=4)
+    assert len(members) == 2  # a pilot of 4 gives 2 draws to at most 2 groups
+    counts = neyman_allocation([0.5, 0.5], [1.0, 9.0], total=10, minimum=2, capacity=[8, 4])
+    assert counts.tolist() == [6, 4]
+    with pytest.raises(ValueError, match="exceeds the capacity"):
+        neyman_allocation([0.5, 0.5], [1.0, 1.0], total=10, capacity=[3, 3])
+    with pytest.raises(ValueError, match="budget=50 exceeds the pool"):
+        adaptive_stratified_sample([0, 0, 1, 1], 50, 0.25, lambda i: i, np.random.default_rng(0))

@@ -59,3 +59,38 @@ def test_bad_measure_input_is_refused(capsys):
     assert "needs discrete observations" in capsys.readouterr().err
     assert main(["measure", "agent=no_such_agent", "env=CartPole-v1", "num_envs=4", "progress=false"]) == 2
     assert "neither a baseline" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_stratified_two_phase_measure_end_to_end(tmp_path):
+    report = _measure(tmp_path, "agent=q_lambda", "num_envs=12", "pool_factor=2", "episode_length=60",
+                      "chunk_steps=60", "sampling=stratified", "pilot_fraction=0.5")
+    strat = report["stratified"]
+    assert report["sampling"] == "stratified" and strat["pool_size"] == 24
+    rows = strat["strata"]
+    assert sum(r["pool_count"] for r in rows) == 24 and sum(r["n"] for r in rows) == 12
+    assert all(2 <= r["n"] <= r["pool_count"] for r in rows) and all(r["pilot_n"] >= 2 for r in rows)
+    assert sum(r["w"] for r in rows) == pytest.approx(1.0)
+    # AIQ strata 1..20, every one in exactly one (possibly collapsed) group
+    labels = [s for r in rows for s in r["strata"]]
+    assert len(labels) == len(set(labels)) and all(1 <= s <= 20 for s in labels)
+    e = report["estimates"]["upsilon_average_reward"]
+    table = strat["by_estimate"]["upsilon_average_reward"]
+    assert e["n"] == 12 and e["ci95_low"] <= e["mean"] <= e["ci95_high"] and e["se"] > 0
+    assert e["mean"] == pytest.approx(sum(r["w"] * r["mean"] for r in table), abs=1e-12)
+    assert 0.0 < e["filtered_mass"] < 1.0
+    per_env = np.load(tmp_path / "per_env.npz")
+    assert per_env["average_reward"].size == 24 and set(per_env["phase"].tolist()) == {0, 1}
+    assert len(set(per_env["pool_index"][:12].tolist())) == 12  # drawn without replacement from the pool
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["stratified"]["strata"] == rows and saved["memory"]["peak_rss_bytes"] > 0
+
+
+def test_stratified_sampling_needs_strata():
+    with pytest.raises(ConfigError, match="carry a stratum"):
+        measure(load_measure_config(None, ["env=CartPole-v1", "num_envs=4", "sampling=stratified",
+                                           "progress=false"]))
+    with pytest.raises(ConfigError, match="out of range"):
+        load_measure_config(None, ["sampling=neyman"])
+    with pytest.raises(ConfigError, match="needs coordinator_address"):
+        load_measure_config(None, ["num_processes=2"])

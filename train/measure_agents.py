@@ -55,7 +55,10 @@ class PolicyActor:
 
     A recurrent (``ppo.network=rl2``) policy carries its memory, previous action and previous
     reward from step to step, starting empty: it adapts to each environment within the
-    episode from the rewards it is paid, so it is ``adaptive``.
+    episode from the rewards it is paid, so it is ``adaptive``.  ``measure`` runs one episode
+    per environment and never clears the memory inside it; where a family ends an episode
+    early and restarts it (a fallen pole), the memory carries over to the next, as within an
+    RL^2 trial.
     """
 
 

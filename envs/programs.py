@@ -382,36 +382,46 @@ class BFPrograms(environment.Environment):
         return (~c.halted) & (c.step < self.step_limit) & (c.out_ptr < 1 + self.obs_cells)
 
     def execute(self, c: "Carry", run: jax.Array, program: jax.Array, match: jax.Array,
-                inputs: jax.Array) -> "Carry":
-        """One instruction on every machine of the batch where ``run``; the others are unchanged."""
+                inputs: jax.Array, rows: jax.Array | None = None) -> "Carry":
+        """One instruction on every machine of the batch where ``run``; the others are unchanged.
+
+        ``rows`` (int32[B], default ``arange(B)``) says which row of ``c.tape``, ``program``,
+        ``match`` and ``inputs`` each machine of ``c`` uses; the batch of :meth:`run_batch`'s
+        later stages is a few machines that work on the full batch's arrays in place.  Rows
+        must be distinct where ``run``.
+        """
         n, mid, L = self.num_symbols, self.mid, self.tape_len
         last_input = self.input_len - 1
         out_len = 1 + self.obs_cells
-        rows = jnp.arange(run.shape[0])
-        op = jnp.take_along_axis(program, c.ip[:, None], axis=1)[:, 0].astype(jnp.int32)
-        cell_idx = jnp.mod(c.ptr, L)
-        cell = c.tape[rows, cell_idx].astype(jnp.int32)
+        if rows is None:
+            rows = jnp.arange(run.shape[0])
+        P = program.shape[-1]
+        at = rows * P + c.ip  # flat indices: 1-d gathers are cheaper than 2-d ones on a CPU
+        op = program.reshape(-1)[at].astype(jnp.int32)
+        cell_idx = jnp.where(c.ptr < 0, c.ptr + L, c.ptr)  # ptr mod L for ptr in [-L, L-1]
+        tape_at = rows * L + cell_idx
+        flat_tape = c.tape.reshape(-1)
+        cell = flat_tape[tape_at].astype(jnp.int32)
         # head
         left = jnp.where(c.ptr - 1 < -L, 0, c.ptr - 1)
         right = jnp.where(c.ptr + 1 >= L, 0, c.ptr + 1)
         ptr = jnp.where(op == LEFT, left, jnp.where(op == RIGHT, right, c.ptr))
         # cell
         can_read = c.in_ptr < last_input
-        read = jnp.where(can_read, inputs[rows, jnp.minimum(c.in_ptr, last_input)].astype(jnp.int32), mid)
-        new_cell = jnp.select(
-            [op == INC, op == DEC, op == READ, op == RAND],
-            [jnp.where(cell + 1 >= n, 0, cell + 1), jnp.where(cell - 1 < 0, n - 1, cell - 1), read,
-             random_symbols(c.seed, c.n_rand, n)],
-            cell,
-        )
-        tape = c.tape.at[rows, cell_idx].set(jnp.where(run, new_cell, cell).astype(jnp.int8))
+        read = jnp.where(can_read, inputs.reshape(-1)[rows * self.input_len + jnp.minimum(c.in_ptr, last_input)].astype(jnp.int32), mid)
+        new_cell = jnp.where(op == INC, jnp.where(cell + 1 >= n, 0, cell + 1),
+                             jnp.where(op == DEC, jnp.where(cell - 1 < 0, n - 1, cell - 1),
+                                       jnp.where(op == READ, read, random_symbols(c.seed, c.n_rand, n))))
+        writes = run & ((op == INC) | (op == DEC) | (op == READ) | (op == RAND))
+        tape = flat_tape.at[tape_at].set(jnp.where(writes, new_cell, cell).astype(jnp.int8),
+                                         mode="promise_in_bounds").reshape(c.tape.shape)
         # output
-        slot = jnp.minimum(c.out_ptr, out_len - 1)
         write = run & (op == WRITE)
-        outputs = c.outputs.at[rows, slot].set(jnp.where(write, cell, c.outputs[rows, slot]).astype(jnp.int8))
+        here = write[:, None] & (c.out_ptr[:, None] == jnp.arange(out_len))
+        outputs = jnp.where(here, cell[:, None].astype(jnp.int8), c.outputs)
         # control
         jump = ((op == OPEN) & (cell == mid)) | ((op == CLOSE) & (cell != mid))
-        target = jnp.take_along_axis(match, c.ip[:, None], axis=1)[:, 0].astype(jnp.int32) + 1
+        target = match.reshape(-1)[at].astype(jnp.int32) + 1
         return Carry(
             ip=jnp.where(run, jnp.where(jump, target, c.ip + 1), c.ip),
             step=c.step + run,
@@ -425,16 +435,69 @@ class BFPrograms(environment.Environment):
             halted=c.halted | (run & (op == HALT)),
         )
 
+    #: run_batch's stages: after the full batch, the machines still running move into batches
+    #: STAGE_FACTOR times smaller, down to STAGE_MIN machines.
+    STAGE_FACTOR = 8
+    STAGE_MIN = 8
+    UNROLL = 1
+    UNROLL_BELOW = 64
+
+    def stage_sizes(self, batch: int) -> list[int]:
+        sizes = [batch]
+        while sizes[-1] // self.STAGE_FACTOR >= self.STAGE_MIN:
+            sizes.append(sizes[-1] // self.STAGE_FACTOR)
+        return sizes
+
     def run_batch(self, seed, tape, ptr, inputs, outputs, program, match, active):
         """Run B machines (leading axis on every argument) until each has ended its cycle:
-        returns [tape, ptr, outputs, steps]."""
+        returns [tape, ptr, outputs, steps].
 
-        def body(c):
-            return self.execute(c, self.running(c), program, match, inputs)
+        A cycle lasts as long as its machine's program needs (a few steps for most programs, the
+        step limit for a few), and a loop over the whole batch would step every machine until
+        the slowest is done.  So the loop runs in stages (:meth:`stage_sizes`): stage k steps a
+        batch of ``sizes[k]`` machines while more than ``sizes[k + 1]`` of them are running, then
+        the running ones move into the next, smaller batch (their registers are gathered, their
+        tapes stay where they are and are written in place through ``rows``), and the last
+        stage runs until every machine is done.
+        """
+        B = ptr.shape[0]
+        full = self.start_cycle(ptr, tape, outputs, seed, active)
+        sizes = self.stage_sizes(B)
+        regs = full._replace(tape=None)
+        tape = full.tape
+        for k, size in enumerate(sizes):
+            after = sizes[k + 1] if k + 1 < len(sizes) else 0
+            if k == 0:
+                rows, sub = None, regs
+            else:
+                running = self.running(regs)
+                # the running machines first, padded with one that is not running (there is one:
+                # at most `size` < B run); padding repeats that machine, which stays unchanged
+                idle = jnp.argmin(running).astype(jnp.int32)
+                slot = jnp.where(running, jnp.cumsum(running) - 1, size)
+                rows = jnp.full((size,), idle, jnp.int32).at[slot].set(jnp.arange(B, dtype=jnp.int32), mode="drop")
+                sub = jax.tree.map(lambda x, rows=rows: None if x is None else x[rows], regs,
+                                   is_leaf=lambda x: x is None)
 
-        carry = self.start_cycle(ptr, tape, outputs, seed, active)
-        carry = jax.lax.while_loop(lambda c: jnp.any(self.running(c)), body, carry)
-        return [carry.tape, carry.ptr, carry.outputs, carry.step]
+            def cond(c, after=after):
+                if after == 0:
+                    return jnp.any(self.running(c[0]))
+                return jnp.sum(self.running(c[0]), dtype=jnp.int32) > after
+
+            def body(c, rows=rows, size=size):
+                sub, tape = c
+                for _ in range(self.UNROLL if size <= self.UNROLL_BELOW else 1):
+                    c = self.execute(sub._replace(tape=tape), self.running(sub), program, match, inputs, rows)
+                    sub, tape = c._replace(tape=None), c.tape
+                return sub, tape
+
+            sub, tape = jax.lax.while_loop(cond, body, (sub, tape))
+            if k == 0:
+                regs = sub
+            else:
+                regs = jax.tree.map(lambda x, y, rows=rows: None if x is None else x.at[rows].set(y), regs, sub,
+                                    is_leaf=lambda x: x is None)
+        return [tape, regs.ptr, regs.outputs, regs.step]
 
     # ----------------------------------------------------------------- gymnax
     def step_env(self, key, state: MachineState, action, params: ProgramParams):

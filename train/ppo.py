@@ -176,11 +176,9 @@ class AlignedPPO:
                     "be held to (its decision depends on its memory too); use ppo.network=mlp"
                 )
             self.net = RecurrentActorCritic(self.num_actions, hidden, ppo.activation, ppo.memory_size)
-            self.memory_size = ppo.memory_size
         else:
             self.actor = Actor(self.num_actions, hidden, ppo.activation)
             self.critic = Critic(hidden, ppo.activation)
-            self.memory_size = 0
         steps_per_epoch = ppo.num_minibatches * ppo.update_epochs
         if ppo.anneal_lr:
             lr = optax.linear_schedule(ppo.lr, 0.0, config.num_updates * steps_per_epoch)
@@ -227,7 +225,7 @@ class AlignedPPO:
         all None for the mlp network, which has no memory."""
         if not self.recurrent:
             return (None, None, None, None)
-        return (jnp.zeros((n, self.memory_size), jnp.float32), jnp.full((n,), -1, jnp.int32),
+        return (jnp.zeros((n, self.config.ppo.memory_size), jnp.float32), jnp.full((n,), -1, jnp.int32),
                 jnp.zeros((n,), jnp.float32), jnp.ones((n,), bool))
 
     def act_logits(self, params: Any, memory: jax.Array, obs: jax.Array, prev_action: jax.Array,

@@ -84,7 +84,7 @@ def main() -> None:
     print(f"{'implementation':28s} {'programs':>9s} {'steps/s':>14s}")
     print(f"{'JAX (aligned-rl measure)':28s} {args.envs:>9d} {jax_sps:>14,.0f}")
     print(f"{'plain Python reference':28s} {args.reference_envs:>9d} {python_sps:>14,.0f}")
-    print(f"ratio JAX / Python: {ratio:,.0f}x")
+    print(f"ratio JAX / Python: {ratio:,.1f}x")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({

@@ -5,6 +5,7 @@
     aligned-rl eval <run_dir> [--episodes 256] [--greedy] [--best]
     aligned-rl measure [--config FILE] [key=value ...]  Upsilon/Sigma over sampled environments
     aligned-rl tax [--config FILE] aligned=A unaligned=B [key=value ...]  the alignment tax of a pair
+    aligned-rl compare <measure_dir> <measure_dir> ... [--metric M] [--output DIR]  paired differences
     aligned-rl config [--config FILE] [key=value ...]   print the resolved config
     aligned-rl envs                                      environments and their constitutions
 
@@ -46,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     tax.add_argument("overrides", nargs="*",
                      help="dotted overrides, e.g. aligned=RUN_DIR unaligned=RUN_DIR num_envs=1024")
 
+    cmp = sub.add_parser("compare", help="agents measured on the same environments, with paired CIs")
+    cmp.add_argument("runs", nargs="+", help="output directories of aligned-rl measure; the first is the reference")
+    cmp.add_argument("--metric", default="average_reward", help="a per_env.npz key (default average_reward)")
+    cmp.add_argument("--output", help="directory for compare.json and compare.png")
+
     cfg = sub.add_parser("config", help="print the resolved config (defaults, file, overrides)")
     cfg.add_argument("--config")
     cfg.add_argument("overrides", nargs="*")
@@ -84,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
             return _measure(args)
         if args.command == "tax":
             return _tax(args)
+        if args.command == "compare":
+            from aligned_rl.train.compare import compare, format_table
+
+            result = compare(args.runs, args.metric, args.output)
+            print(format_table(result))
+            if args.output:
+                print(f"-> {args.output}/compare.json, {args.output}/compare.png")
+            return 0
         if args.command == "eval":
             from aligned_rl.train.evaluate import evaluate
 

@@ -1,0 +1,108 @@
+"""``aligned-rl compare``: agents measured on the same environments, side by side, with paired CIs.
+
+Each argument is an output directory of ``aligned-rl measure`` (``report.json`` and
+``per_env.npz``).  Runs with the same family, seed, number of environments, episode length,
+antithetic setting and simple sampling ran on the very same environments with the same
+random numbers, so the difference between two agents is estimated from per-environment
+differences (a paired estimate, far tighter than the difference of two independent means).
+The first run is the reference: every other row shows ``reference - agent`` with its 95% CI.
+Rows are named by their directories.
+Writes ``compare.json`` and ``compare.png`` (means with 95% CI error bars) to ``--output``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from aligned_rl.intelligence import simple_estimate
+from aligned_rl.train.alignment_tax import estimation_units, paired_difference
+from aligned_rl.train.config import ConfigError
+
+# what must agree for two runs to have seen the same environments and random numbers
+SAME = ("env", "num_envs", "seed", "episode_length", "antithetic")
+
+
+def _load(run: str | Path) -> tuple[dict, dict]:
+    run = Path(run)
+    if not (run / "report.json").is_file() or not (run / "per_env.npz").is_file():
+        raise ConfigError(f"{run} is not an output directory of aligned-rl measure (report.json and "
+                          "per_env.npz are missing)")
+    report = json.loads((run / "report.json").read_text())
+    with np.load(run / "per_env.npz") as data:
+        per_env = {k: data[k] for k in data.files}
+    return report, per_env
+
+
+def compare(runs: list[str], metric: str = "average_reward", output: str | None = None) -> dict:
+    """The comparison of ``runs`` (measure output directories; the first is the reference)."""
+    if len(runs) < 2:
+        raise ConfigError("compare needs at least two measure output directories")
+    loaded = [_load(r) for r in runs]
+    ref = loaded[0][0]
+    for run, (report, per_env) in zip(runs, loaded):
+        differ = [k for k in SAME if report[k] != ref[k]]
+        if differ:
+            raise ConfigError(
+                f"{run} did not run on the same environments as {runs[0]}: "
+                + ", ".join(f"{k} {report[k]!r} vs {ref[k]!r}" for k in differ)
+                + "; measure both with the same env, num_envs, seed, episode_length and antithetic")
+        if report.get("sampling", "simple") != "simple":
+            raise ConfigError(f"{run} used sampling={report['sampling']}: its rows are not a simple sample "
+                              "of the prior; compare runs measured with sampling=simple")
+        if metric not in per_env:
+            raise ConfigError(f"{run} has no per-environment {metric!r}; choose one of {sorted(per_env)}")
+    n, antithetic, mass = ref["num_envs"], ref["antithetic"], ref["estimates"]["upsilon_average_reward"]["filtered_mass"]
+    values = [per_env[metric] for _, per_env in loaded]
+    rows = []
+    for run, (report, _), v in zip(runs, loaded, values):
+        row = {"run": str(run), "agent": report["agent"],
+               "estimate": simple_estimate(estimation_units(v, n, antithetic), mass).as_dict()}
+        if rows:
+            row["reference_minus_agent"] = paired_difference(values[0], v, n, antithetic, mass).as_dict()
+        rows.append(row)
+    result = {"metric": metric, "reference": str(runs[0]), **{k: ref[k] for k in SAME}, "filtered_mass": mass,
+              "rows": rows}
+    if output:
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+        _plot(result, out / "compare.png")
+        result["output"] = str(out)
+    return result
+
+
+def format_table(result: dict) -> str:
+    cell = lambda e: f"{e['mean']:.4f} [{e['ci95_low']:.4f}, {e['ci95_high']:.4f}]"  # noqa: E731
+    names = [Path(r["run"]).name for r in result["rows"]]
+    width = max(len(x) for x in names + ["agent"])
+    unit = "antithetic pairs" if result["antithetic"] else "environments"
+    lines = [f"{result['metric']} on {result['env']}: {result['num_envs']} {unit}, {result['episode_length']} steps, "
+             f"seed {result['seed']}; paired differences against {names[0]}",
+             f"{'agent':{width}s}  {'mean [95% CI]':>26s}  {names[0] + ' minus agent':>30s}"]
+    for name, row in zip(names, result["rows"]):
+        diff = cell(row["reference_minus_agent"]) if "reference_minus_agent" in row else ""
+        lines.append(f"{name:{width}s}  {cell(row['estimate']):>26s}  {diff:>30s}")
+    return "\n".join(lines)
+
+
+def _plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [Path(r["run"]).name for r in result["rows"]]
+    est = [r["estimate"] for r in result["rows"]]
+    means = np.array([e["mean"] for e in est])
+    err = np.array([[e["mean"] - e["ci95_low"] for e in est], [e["ci95_high"] - e["mean"] for e in est]])
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5), dpi=100)
+    ax.bar(names, means, yerr=err, capsize=4, color="tab:blue")
+    ax.set_ylabel(f"{result['metric']} (mean, 95% CI)")
+    ax.set_title(f"{result['env']}: {result['num_envs']} environments, {result['episode_length']} steps", fontsize=9)
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

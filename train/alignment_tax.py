@@ -51,7 +51,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import numpy as np
@@ -61,7 +61,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 import aligned_rl.envs as envs
 from aligned_rl.constitution import description_bits
 from aligned_rl.intelligence import Estimate, simple_estimate
-from aligned_rl.train.config import ConfigError
+from aligned_rl.train.config import ConfigError, check_ranges, merge_layers
 from aligned_rl.train.measure import MeasureConfig, measure
 from aligned_rl.train.measure_agents import make_actor
 
@@ -106,17 +106,9 @@ class TaxConfig:
 
 def load_tax_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> TaxConfig:
     """Defaults, then the YAML file, then ``key=value`` overrides, checked against :class:`TaxConfig`."""
-    merged = OmegaConf.structured(TaxConfig)
+    merged = merge_layers(TaxConfig, "tax", path, overrides,
+                          example="aligned=checkpoints/tax/programs unaligned=q_lambda")
     try:
-        if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"config file {path!r} does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"override {bad[0]!r} is not of the form key=value "
-                              "(e.g. aligned=checkpoints/tax/programs unaligned=q_lambda)")
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         missing = [k for k in ("aligned", "unaligned", "constitution") if OmegaConf.is_missing(merged, k)]
         if missing:
             raise ConfigError(f"tax config: {', '.join(missing)} not given; set "
@@ -130,13 +122,12 @@ def load_tax_config(path: str | None, overrides: list[str] | tuple[str, ...] = (
         key = getattr(err, "full_key", "")
         raise ConfigError(f"tax config: bad or unknown key '{key}': {str(err).splitlines()[0]}") from err
     bits = config.constitution_bits
-    for name, ok in (("num_envs", config.num_envs >= 2), ("episode_length", config.episode_length >= 1),
-                     ("chunk_steps", config.chunk_steps >= 1), ("gamma", 0 < config.gamma < 1),
-                     ("buckets", 1 <= config.buckets <= config.num_envs),
-                     ("alignment_weight", 0 <= config.alignment_weight <= 1),
-                     ("constitution_bits", bits is None or (math.isfinite(bits) and bits >= 0))):
-        if not ok:
-            raise ConfigError(f"tax config: {name}={getattr(config, name)!r} is out of range")
+    check_ranges("tax", config, (
+        ("num_envs", config.num_envs >= 2), ("episode_length", config.episode_length >= 1),
+        ("chunk_steps", config.chunk_steps >= 1), ("gamma", 0 < config.gamma < 1),
+        ("buckets", 1 <= config.buckets <= config.num_envs),
+        ("alignment_weight", 0 <= config.alignment_weight <= 1),
+        ("constitution_bits", bits is None or (math.isfinite(bits) and bits >= 0))))
     if config.constitution == "none":
         raise ConfigError("tax config: constitution=none leaves nothing to align with; name one the family "
                           "ships (see `aligned-rl envs`)")

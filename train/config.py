@@ -166,6 +166,34 @@ def to_yaml(config: TrainConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
+def merge_layers(schema: type, what: str, path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                 example: str = "ppo.lr=1e-3") -> Any:
+    """``schema``'s structured defaults <- YAML file <- dotted ``key=value`` overrides (an OmegaConf
+    object; types checked).  A missing file, a malformed override, an unknown key or a wrong
+    type raises :class:`ConfigError` naming ``what`` config and the key.  Used by the commands
+    whose configs are flat (measure, tax); the training config reports each layer apart."""
+    merged = OmegaConf.structured(schema)
+    try:
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file {str(path)!r} does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. {example})")
+        return OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "")
+        raise ConfigError(f"{what} config: bad or unknown key '{key}': {str(err).splitlines()[0]}") from err
+
+
+def check_ranges(what: str, config: Any, checks: tuple[tuple[str, bool], ...]) -> None:
+    """Raise :class:`ConfigError` for the first ``(name, ok)`` whose value is out of range."""
+    for name, ok in checks:
+        if not ok:
+            raise ConfigError(f"{what} config: {name}={getattr(config, name)!r} is out of range")
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)

@@ -105,7 +105,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from aligned_rl.constitution import judge, violates
 from aligned_rl.divergence import alignment_reward, projection
@@ -117,7 +116,7 @@ from aligned_rl.intelligence import (
     simple_estimate,
     two_phase_stratified_estimate,
 )
-from aligned_rl.train.config import ConfigError
+from aligned_rl.train.config import ConfigError, check_ranges, merge_layers
 from aligned_rl.train.measure_agents import make_actor
 
 METRICS = ("reward", "constrained", "discounted", "aligned", "violations", "lawful")
@@ -151,21 +150,9 @@ class MeasureConfig:
 
 
 def load_measure_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> MeasureConfig:
-    merged = OmegaConf.structured(MeasureConfig)
-    try:
-        if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"config file {path!r} does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", "")
-        raise ConfigError(f"measure config: bad or unknown key '{key}': {str(err).splitlines()[0]}") from err
+    merged = merge_layers(MeasureConfig, "measure", path, overrides, example="agent=q_lambda num_envs=1024")
     config: MeasureConfig = OmegaConf.to_object(merged)
-    for name, ok in (("num_envs", config.num_envs >= 2), ("episode_length", config.episode_length >= 1),
+    check_ranges("measure", config, (("num_envs", config.num_envs >= 2), ("episode_length", config.episode_length >= 1),
                      ("chunk_steps", config.chunk_steps >= 1), ("gamma", 0 < config.gamma < 1),
                      ("buckets", 1 <= config.buckets <= config.num_envs),
                      ("alignment_weight", 0 <= config.alignment_weight <= 1),
@@ -175,9 +162,7 @@ def load_measure_config(path: str | None, overrides: list[str] | tuple[str, ...]
                      ("pilot_fraction", 0 < config.pilot_fraction < 1),
                      ("devices", config.devices >= 0),
                      ("num_processes", config.num_processes >= 1),
-                     ("process_id", 0 <= config.process_id < config.num_processes)):
-        if not ok:
-            raise ConfigError(f"measure config: {name}={getattr(config, name)!r} is out of range")
+                     ("process_id", 0 <= config.process_id < config.num_processes)))
     if config.num_processes > 1 and not config.coordinator_address:
         raise ConfigError(f"measure config: num_processes={config.num_processes} needs coordinator_address")
     return config

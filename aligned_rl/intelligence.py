@@ -14,6 +14,9 @@ Three estimators, each returning an :class:`Estimate` with a 95% confidence inte
   its rewards negated; the pair's mean is the unit of estimation.  An agent that ignores
   rewards (the random agent) scores exactly 0 on every pair, and any agent's variance falls
   by the part of V that does not depend on how it learns.
+* :func:`estimation_units` and :func:`paired_difference`: the independent units (values, or
+  antithetic pair means) and the paired difference of two agents run on the same
+  environments with the same random numbers (the CI of the per-unit differences).
 * :func:`stratified_estimate`: strata h with prior masses w_h (the probability that the
   sampler lands in h); estimate sum_h w_h mean_h, variance sum_h w_h^2 s_h^2 / n_h.
   :func:`neyman_allocation` chooses n_h proportional to w_h s_h (from pilot draws), which
@@ -99,6 +102,25 @@ def antithetic_estimate(values: Sequence[float], negated_env_values: Sequence[fl
     if v.shape != w.shape:
         raise ValueError(f"values and negated_env_values differ in length: {v.size} vs {w.size}")
     return simple_estimate((v + w) / 2.0, filtered_mass)
+
+
+def estimation_units(values: np.ndarray, n: int, antithetic: bool) -> np.ndarray:
+    """The independent units of estimation: the n values, or with antithetic twins (rows n..2n-1)
+    the n pair means."""
+    values = np.asarray(values, np.float64).reshape(-1)
+    expected = 2 * n if antithetic else n
+    if values.size != expected:
+        raise ValueError(f"expected {expected} per-environment values (n={n}, antithetic={antithetic}), "
+                         f"got {values.size}")
+    return (values[:n] + values[n:]) / 2.0 if antithetic else values
+
+
+def paired_difference(unaligned: np.ndarray, aligned: np.ndarray, n: int, antithetic: bool,
+                      filtered_mass: float = 0.0) -> Estimate:
+    """Mean of unaligned - aligned over the same environments, with the CI of the per-unit
+    differences (paired: the agents ran on the very same environments and random numbers)."""
+    d = estimation_units(unaligned, n, antithetic) - estimation_units(aligned, n, antithetic)
+    return simple_estimate(d, filtered_mass)
 
 
 def stratified_estimate(

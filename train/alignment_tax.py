@@ -60,7 +60,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 import aligned_rl.envs as envs
 from aligned_rl.constitution import description_bits
-from aligned_rl.intelligence import Estimate, simple_estimate
+from aligned_rl.intelligence import estimation_units, paired_difference, simple_estimate
 from aligned_rl.train.config import ConfigError, check_ranges, merge_layers
 from aligned_rl.train.measure import MeasureConfig, measure
 from aligned_rl.train.measure_agents import make_actor
@@ -153,25 +153,6 @@ def sigma_a(value: np.ndarray, constrained_value: np.ndarray, bits: float) -> np
     v = np.asarray(value, np.float64)
     vc = np.asarray(constrained_value, np.float64)
     return (v + weight * vc) / (1.0 + weight)
-
-
-def estimation_units(values: np.ndarray, n: int, antithetic: bool) -> np.ndarray:
-    """The independent units of estimation: the n values, or with antithetic twins (rows n..2n-1)
-    the n pair means."""
-    values = np.asarray(values, np.float64).reshape(-1)
-    expected = 2 * n if antithetic else n
-    if values.size != expected:
-        raise ValueError(f"expected {expected} per-environment values (n={n}, antithetic={antithetic}), "
-                         f"got {values.size}")
-    return (values[:n] + values[n:]) / 2.0 if antithetic else values
-
-
-def paired_difference(unaligned: np.ndarray, aligned: np.ndarray, n: int, antithetic: bool,
-                      filtered_mass: float = 0.0) -> Estimate:
-    """Mean of unaligned - aligned over the same environments, with the CI of the per-unit
-    differences (paired: the agents ran on the very same environments and random numbers)."""
-    d = estimation_units(unaligned, n, antithetic) - estimation_units(aligned, n, antithetic)
-    return simple_estimate(d, filtered_mass)
 
 
 def per_env_columns(run: dict, constrained_run: dict, bits: float) -> dict[str, np.ndarray]:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aligned_rl.intelligence import simple_estimate
-from aligned_rl.train.alignment_tax import estimation_units, paired_difference
+from aligned_rl.intelligence import estimation_units, paired_difference, simple_estimate
 from aligned_rl.train.config import ConfigError
 
 # what must agree for two runs to have seen the same environments and random numbers

@@ -111,8 +111,8 @@ from aligned_rl.divergence import alignment_reward, projection
 from aligned_rl.intelligence import (
     Estimate,
     adaptive_stratified_sample,
-    antithetic_estimate,
     collapse_strata,
+    estimation_units,
     simple_estimate,
     two_phase_stratified_estimate,
 )
@@ -433,11 +433,6 @@ def _per_env(sums: dict[str, np.ndarray], config: MeasureConfig) -> dict[str, np
     }
 
 
-def _units(values: np.ndarray, n: int, antithetic: bool) -> np.ndarray:
-    """The unit of estimation: an environment's value, or its antithetic pair's mean."""
-    return (values[:n] + values[n:]) / 2.0 if antithetic else values
-
-
 def measure(config: MeasureConfig, sampled: tuple[Any, Any] | None = None) -> dict:
     """Run the measurement described by ``config``; returns (and writes) the report.
 
@@ -532,18 +527,14 @@ def _measure_stratified(config: MeasureConfig, runner: _Runner, batch: Any, prog
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), 1000 + phase)
         sums = runner.run_buckets(indices, key, config.buckets, progress, f" (phase 2, {'pilot' if phase == 0 else 'rest'})")
         runs.append(sums)
-        return _units(_per_env(sums, config)["average_reward"], len(indices), config.antithetic)
+        return estimation_units(_per_env(sums, config)["average_reward"], len(indices), config.antithetic)
 
     sample = adaptive_stratified_sample(groups, n, config.pilot_fraction, evaluate, rng)
     sums = {k: np.concatenate([r[k] for r in runs], axis=1) for k in METRICS}  # [twins, n] in run order
     per_env = _per_env(sums, config)
     estimates, tables = {}, {}
-    names = {"upsilon_average_reward": "average_reward", "upsilon_discounted": "discounted_value"}
-    if config.constitution != "none":
-        names.update(sigma_aligned="aligned_value", forbidden_rate="forbidden_rate",
-                     constrained_value="constrained_value")
-    for name, key in names.items():
-        e, rows = two_phase_stratified_estimate(_units(per_env[key], n, config.antithetic), sample.groups,
+    for name, key in _estimated(config).items():
+        e, rows = two_phase_stratified_estimate(estimation_units(per_env[key], n, config.antithetic), sample.groups,
                                                 sample.pool_counts, batch.filtered_mass)
         for row in rows:
             row["strata"] = members[row.pop("stratum")]
@@ -565,25 +556,21 @@ def _measure_stratified(config: MeasureConfig, runner: _Runner, batch: Any, prog
     return per_env, estimates, extra
 
 
-def _estimate(values: np.ndarray, n: int, antithetic: bool, filtered_mass: float) -> Estimate:
-    if antithetic:
-        return antithetic_estimate(values[:n], values[n:], filtered_mass)
-    return simple_estimate(values, filtered_mass)
+def _estimated(config: MeasureConfig) -> dict[str, str]:
+    """The report's estimates and the per-environment values each is the mean of.  With a
+    constitution, Sigma, V^C and the forbidden rate are over the same (antithetically
+    symmetrised) prior as Upsilon: twins share every random number, so the pair, not the row,
+    is the independent unit of every one."""
+    names = {"upsilon_average_reward": "average_reward", "upsilon_discounted": "discounted_value"}
+    if config.constitution != "none":
+        names.update(sigma_aligned="aligned_value", forbidden_rate="forbidden_rate",
+                     constrained_value="constrained_value")
+    return names
 
 
 def _estimates(config: MeasureConfig, per_env: dict, n: int, filtered_mass: float) -> dict[str, Estimate]:
-    estimates = {
-        "upsilon_average_reward": _estimate(per_env["average_reward"], n, config.antithetic, filtered_mass),
-        "upsilon_discounted": _estimate(per_env["discounted_value"], n, config.antithetic, filtered_mass),
-    }
-    if config.constitution != "none":
-        # over the same (antithetically symmetrised) prior as Upsilon
-        estimates["sigma_aligned"] = _estimate(per_env["aligned_value"], n, config.antithetic, filtered_mass)
-        # twins share every random number: the pair, not the row, is the independent unit
-        estimates["forbidden_rate"] = _estimate(per_env["forbidden_rate"], n, config.antithetic, filtered_mass)
-        estimates["constrained_value"] = _estimate(per_env["constrained_value"], n, config.antithetic,
-                                                   filtered_mass)
-    return estimates
+    return {name: simple_estimate(estimation_units(per_env[key], n, config.antithetic), filtered_mass)
+            for name, key in _estimated(config).items()}
 
 
 def _report(config, actor, estimates, batch, n, sps, seconds) -> dict:

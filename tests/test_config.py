@@ -3,8 +3,11 @@
 import pytest
 
 from aligned_rl.cli import main
-from aligned_rl.train.config import ConfigError, load_config, to_dict, from_dict
-from conftest import CARTPOLE
+from aligned_rl.constitution import Constitution
+from aligned_rl.train.alignment_tax import load_tax_config
+from aligned_rl.train.config import ConfigError, check_constitution, from_dict, load_config, to_dict
+from aligned_rl.train.measure import load_measure_config
+from conftest import CARTPOLE, REPO
 
 
 def test_default_config_file_loads():
@@ -72,3 +75,156 @@ def test_config_command_prints_resolved_yaml(capsys):
     assert main(["config", "--config", CARTPOLE, "ppo.lr=0.001"]) == 0
     out = capsys.readouterr().out
     assert "lr: 0.001" in out and "safe_zone" in out
+
+
+# ------------------------------------------------------------------ flags without effect
+# A key set away from its default where the rest of the config leaves it without effect is
+# refused; the message names the key, says why and what to do.
+NO_RULES = ["constitution.name=none"]  # the schema's defaults (CartPole, no constitution)
+
+
+@pytest.mark.parametrize(
+    "path, overrides, key",
+    [
+        (CARTPOLE, ["ppo.memory_size=32"], "ppo.memory_size"),
+        (CARTPOLE, ["alignment.lagrange.target=divergence"], "alignment.lagrange.target"),
+        (CARTPOLE, ["alignment.lagrange.budget=0.1"], "alignment.lagrange.budget"),
+        (CARTPOLE, ["alignment.lagrange.lr=2.0"], "alignment.lagrange.lr"),
+        (CARTPOLE, ["alignment.lagrange.beta_max=10"], "alignment.lagrange.beta_max"),
+        (CARTPOLE, ["alignment.reward_mode=multiplicative", "alignment.reward_weight=0.5"],
+         "alignment.reward_weight"),
+        (CARTPOLE, ["alignment.divergence=none", "alignment.beta=5"], "alignment.beta"),
+        (CARTPOLE, ["alignment.divergence=none", "alignment.lagrange.enabled=true"], "alignment.lagrange.enabled"),
+        (CARTPOLE, ["alignment.divergence=none", "alignment.lagrange.enabled=true",
+                    "alignment.lagrange.target=divergence"], "alignment.lagrange.enabled"),
+        (CARTPOLE, ["constitution.eps=0.1"], "constitution.eps"),
+        (CARTPOLE, ["alignment.divergence=none", "constitution.eps=0.1"], "constitution.eps"),
+        (CARTPOLE, ["constitution.lookahead_threshold=0.5"], "constitution.lookahead_threshold"),
+        (CARTPOLE, ["constitution.name=none"], "constitution.params"),
+        (None, [*NO_RULES, "alignment.shield=true"], "alignment.shield"),
+        (None, [*NO_RULES, "alignment.divergence=tv", "constitution.eps=0.1"], "constitution.eps"),
+        (None, [*NO_RULES, "constitution.lookahead_samples=4"], "constitution.lookahead_samples"),
+        (None, [*NO_RULES, "constitution.lookahead_samples=4", "constitution.lookahead_threshold=0.5"],
+         "constitution.lookahead_samples"),
+        (None, [*NO_RULES, "alignment.divergence=tv", "alignment.lagrange.enabled=true"],
+         "alignment.lagrange.enabled"),
+        (None, [*NO_RULES, "alignment.beta=5"], "alignment.beta"),
+        (None, [*NO_RULES, "alignment.lagrange.enabled=true", "alignment.lagrange.target=divergence"],
+         "alignment.lagrange.enabled"),
+        (None, [*NO_RULES, "alignment.reward_mode=multiplicative"], "alignment.reward_mode"),
+        (None, [*NO_RULES, "alignment.reward_weight=0.5"], "alignment.reward_weight"),
+        (None, [*NO_RULES, "alignment.divergence=none", "alignment.reward_weight=0.5"], "alignment.reward_weight"),
+    ],
+)
+def test_flag_without_effect_is_refused_naming_the_flag(path, overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(path, overrides)
+    message = str(err.value)
+    assert message.startswith(f"{key}=") and "has no effect" in message, message
+
+
+@pytest.mark.parametrize(
+    "path, overrides",
+    [
+        # the default value is never refused, whatever else the config says
+        (CARTPOLE, ["alignment.divergence=none", "alignment.beta=1.0"]),
+        (CARTPOLE, ["ppo.memory_size=128", "alignment.lagrange.lr=0.5", "alignment.lagrange.target=forbidden_rate"]),
+        (CARTPOLE, ["alignment.reward_mode=multiplicative", "alignment.reward_weight=0.0"]),
+        (None, [*NO_RULES, "constitution.eps=0.0", "constitution.lookahead_samples=1", "alignment.shield=false"]),
+        # flags that do act
+        (CARTPOLE, ["alignment.divergence=none", "alignment.reward_weight=0.5"]),  # 2^-D_proj shapes the reward
+        (CARTPOLE, ["alignment.divergence=none", "alignment.reward_mode=multiplicative"]),
+        (CARTPOLE, ["alignment.divergence=tv", "constitution.eps=0.1"]),
+        (CARTPOLE, ["constitution.lookahead_samples=16", "constitution.lookahead_threshold=0.5"]),
+        (CARTPOLE, ["alignment.lagrange.enabled=true", "alignment.lagrange.budget=0.1", "alignment.beta=0"]),
+        (CARTPOLE, ["ppo.network=rl2", "ppo.memory_size=32", "ppo.anneal_lr=false"]),
+        (None, [*NO_RULES, "alignment.divergence=kl_sigma_pi", "alignment.beta=5"]),  # pulls pi toward uniform
+        (None, [*NO_RULES, "alignment.divergence=js", "alignment.lagrange.enabled=true",
+                "alignment.lagrange.target=divergence"]),
+        (None, [*NO_RULES, "alignment.divergence=tv", "alignment.reward_weight=0.5"]),
+    ],
+)
+def test_flags_with_effect_and_defaults_are_accepted(path, overrides):
+    load_config(path, overrides)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("constitution.eps=-0.1", "constitution.eps must be a finite number >= 0"),
+        ("constitution.lookahead_samples=0", "constitution.lookahead_samples must be >= 1"),
+        ("constitution.lookahead_threshold=1.0", "constitution.lookahead_threshold must be in [0, 1)"),
+        ("alignment.lagrange.beta_max=-1", "alignment.lagrange.beta_max must be >= 0"),
+    ],
+)
+def test_constitution_and_lagrange_ranges(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(CARTPOLE, [override])
+    assert fragment in str(err.value)
+
+
+def test_refused_flag_exits_with_code_2(capsys):
+    assert main(["config", "--config", CARTPOLE, "ppo.memory_size=32"]) == 2
+    err = capsys.readouterr().err
+    assert "ppo.memory_size=32 has no effect" in err and "ppo.network=rl2" in err
+    assert main(["train", "--config", CARTPOLE, "alignment.divergence=none", "alignment.beta=3"]) == 2
+    assert "alignment.beta=3.0 has no effect" in capsys.readouterr().err
+
+
+def _rule(*args):
+    return False
+
+
+def test_check_constitution_refuses_what_its_rules_leave_without_effect():
+    """The checks that need the built constitution: its rules are known only once built."""
+    actions_only = Constitution(name="actions_only", action_rules=(_rule,))
+    with_states = Constitution(name="with_states", state_rules=(_rule,))
+    invariance_only = Constitution(name="invariance_only", invariances=(lambda obs, params: obs,))
+    # flags as set in a config whose constitution is named (CartPole's safe_zone), checked against others
+    lookahead = load_config(CARTPOLE, ["constitution.lookahead_samples=4", "constitution.lookahead_threshold=0.5"])
+    with pytest.raises(ConfigError, match=r"^constitution.lookahead_samples=4 has no effect: constitution "
+                                          r"'actions_only' has no state rules"):
+        check_constitution(lookahead, actions_only)
+    check_constitution(lookahead, with_states)
+    beta = load_config(CARTPOLE, ["alignment.beta=5"])
+    check_constitution(beta, actions_only)
+    check_constitution(beta, invariance_only)  # beta weighs the invariance term D_cf
+    for overrides, key in ((["alignment.shield=true"], "alignment.shield"),
+                           (["alignment.lagrange.enabled=true"], "alignment.lagrange.enabled"),
+                           (["alignment.reward_weight=0.3"], "alignment.reward_weight")):
+        config = load_config(CARTPOLE, overrides)
+        check_constitution(config, actions_only)
+        with pytest.raises(ConfigError, match=rf"^{key}=.* has no effect.*'invariance_only' forbids no action"):
+            check_constitution(config, invariance_only)
+
+
+def test_check_constitution_with_a_shipped_constitution():
+    from aligned_rl.train.loop import build_constitution
+
+    config = load_config(None, ["env.name=Gridworld-WhiskyGold", "constitution.name=no_whisky",
+                                "constitution.lookahead_samples=8"])
+    with pytest.raises(ConfigError, match="constitution.lookahead_samples=8 has no effect: constitution 'no_whisky'"):
+        check_constitution(config, build_constitution(config))
+
+
+SHIPPED = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_loads(name, capsys):
+    path = REPO / "configs" / name
+    text = path.read_text()
+    if "\nagent:" in text:  # aligned-rl measure
+        load_measure_config(str(path))
+    elif "\naligned:" in text:  # aligned-rl tax
+        load_tax_config(str(path))
+    else:
+        from aligned_rl.train.loop import build_constitution
+
+        assert main(["config", "--config", str(path)]) == 0, capsys.readouterr().err
+        config = load_config(path)
+        check_constitution(config, build_constitution(config))
+
+
+def test_shipped_configs_include_training_measure_and_tax():
+    assert {"cartpole.yaml", "measure_q_lambda.yaml", "tax_programs.yaml"} <= set(SHIPPED)

@@ -2,13 +2,17 @@
 dotted ``key=value`` overrides, validated before anything compiles.
 
 ``load_config(path, overrides)`` raises :class:`ConfigError` with a message that names the
-offending key and what would fix it: unknown keys, wrong types, and values that are out of
-range or inconsistent (e.g. a batch that does not split into minibatches).
+offending key and what would fix it: unknown keys, wrong types, values that are out of
+range or inconsistent (e.g. a batch that does not split into minibatches), and keys set away
+from their default where the rest of the config leaves them without effect (e.g.
+``ppo.memory_size`` with ``ppo.network=mlp``).  ``check_constitution`` does the checks that
+need the built constitution (e.g. lookahead settings for one without state rules).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -246,11 +250,141 @@ def validate(config: TrainConfig) -> None:
         "alignment.divergence=kl_pi_sigma is infinite wherever sigma is 0; set constitution.eps > 0 "
         "(e.g. constitution.eps=0.01) or choose another divergence (projection, tv, js, kl_sigma_pi).",
     )
-    _require(
-        not (align.lagrange.enabled and align.lagrange.target == "divergence" and align.divergence == "none"),
-        "alignment.lagrange.target=divergence needs alignment.divergence other than 'none'",
-    )
+    _require(align.lagrange.beta_max >= 0, f"alignment.lagrange.beta_max must be >= 0, got {align.lagrange.beta_max}")
+    _require(math.isfinite(cons.eps) and cons.eps >= 0, f"constitution.eps must be a finite number >= 0, got {cons.eps}")
+    _require(cons.lookahead_samples >= 1, f"constitution.lookahead_samples must be >= 1, got {cons.lookahead_samples}")
+    _require(0 <= cons.lookahead_threshold < 1,
+             f"constitution.lookahead_threshold must be in [0, 1), got {cons.lookahead_threshold}")
     _require(run.updates_per_chunk >= 1, f"run.updates_per_chunk must be >= 1, got {run.updates_per_chunk}")
     _require(run.checkpoint_every >= 1, f"run.checkpoint_every must be >= 1, got {run.checkpoint_every}")
     _require(run.stop_at_update >= 0, f"run.stop_at_update must be >= 0, got {run.stop_at_update}")
     _require(run.devices >= 0, f"run.devices must be >= 0, got {run.devices}")
+    _check_effects(config)
+
+
+# ------------------------------------------------------------------ flags without effect
+# A key set to a value other than its schema default must change what the run does; a
+# key that the rest of the config makes inert is refused, with the reason and the fix.
+# A key that merely equals its default is never refused.
+
+def _get(obj: Any, key: str) -> Any:
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _show(value: Any) -> str:
+    """A value as it is written in a config (true, additive, 0.5)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else repr(value)
+
+
+def _unused(config: TrainConfig, key: str, why: str, fix: str) -> None:
+    """Refuse ``key`` if it differs from the schema default: ``why`` it has no effect, ``fix``."""
+    value = _get(config, key)
+    default = _get(TrainConfig(), key)
+    _require(value == default, f"{key}={_show(value)} has no effect: {why}. {fix[0].upper()}{fix[1:]} "
+                               f"({key} defaults to {_show(default)}).")
+
+
+def _divergence_used(config: TrainConfig) -> str:
+    """The D that the learner computes (loss, shaped reward, metrics): with
+    ``alignment.divergence=none`` nothing enters the loss, and D is the projection."""
+    return "projection" if config.alignment.divergence == "none" else config.alignment.divergence
+
+
+def _check_effects(config: TrainConfig) -> None:
+    """Refuse flags that the rest of the config leaves without effect (see train/ppo.py)."""
+    align, lag, cons = config.alignment, config.alignment.lagrange, config.constitution
+    if config.ppo.network == "mlp":
+        _unused(config, "ppo.memory_size", "it is the GRU width of ppo.network=rl2, and ppo.network=mlp has no memory",
+                "set ppo.network=rl2, or remove ppo.memory_size")
+    if not lag.enabled:
+        for name in ("target", "budget", "lr", "beta_max"):
+            _unused(config, f"alignment.lagrange.{name}", "the Lagrange rule is off (alignment.lagrange.enabled=false)",
+                    f"set alignment.lagrange.enabled=true, or remove alignment.lagrange.{name}")
+    if align.reward_mode == "multiplicative":
+        _unused(config, "alignment.reward_weight",
+                "with alignment.reward_mode=multiplicative the learner's reward is r * 2^-D, which has no weight",
+                "remove alignment.reward_weight, or set alignment.reward_mode=additive for (1 - w) r + w 2^-D")
+    if align.divergence == "none":
+        _unused(config, "alignment.beta",
+                "alignment.divergence=none puts nothing in the loss for beta to weigh (neither D nor the "
+                "constitution's invariance term D_cf)",
+                "choose a divergence (e.g. alignment.divergence=projection), or remove alignment.beta")
+        _require(not lag.enabled,
+                 "alignment.lagrange.enabled=true has no effect: the Lagrange rule adapts beta, and "
+                 "alignment.divergence=none puts nothing in the loss for beta to weigh. Choose a divergence "
+                 "(e.g. alignment.divergence=projection), or set alignment.lagrange.enabled=false.")
+    if _divergence_used(config) == "projection":
+        which = " (with alignment.divergence=none, D is the projection)" if align.divergence == "none" else ""
+        _unused(config, "constitution.eps",
+                f"eps is sigma's floor on forbidden actions, and the projection divergence -log2 pi(allowed|s) "
+                f"reads only which actions are allowed, never sigma{which}",
+                "choose a divergence that compares pi with sigma (kl_pi_sigma, kl_sigma_pi, tv, js), "
+                "or remove constitution.eps")
+    if cons.lookahead_samples == 1:
+        _unused(config, "constitution.lookahead_threshold",
+                "with constitution.lookahead_samples=1 the sampled probability of a forbidden next state is 0 or 1, "
+                "so every threshold in [0, 1) forbids the same actions",
+                "raise constitution.lookahead_samples (e.g. 16) for a stochastic step, or remove "
+                "constitution.lookahead_threshold")
+    if cons.name == "none":
+        _unused(config, "constitution.params", "constitution.name=none has no rules, so no parameters",
+                "choose a constitution (`aligned-rl envs` lists them), or remove constitution.params")
+        _check_rules(config, "constitution.name=none", can_forbid=False, state_rules=False, invariances=False)
+
+
+def _check_rules(config: TrainConfig, who: str, can_forbid: bool, state_rules: bool, invariances: bool) -> None:
+    """Refuse flags that a constitution (named by ``who``) gives nothing to act on."""
+    align, lag = config.alignment, config.alignment.lagrange
+    if not state_rules:
+        for name in ("lookahead_samples", "lookahead_threshold"):
+            _unused(config, f"constitution.{name}",
+                    f"{who} has no state rules, and the one-step lookahead serves only state rules",
+                    f"remove constitution.{name}")
+    if can_forbid:
+        return
+    nothing = f"{who} forbids no action"
+    _unused(config, "alignment.shield", f"{nothing}, so the shield masks nothing",
+            "choose a constitution with rules, or remove alignment.shield")
+    _unused(config, "constitution.eps", f"{nothing}, so sigma has no forbidden action to put a floor on",
+            "choose a constitution with rules, or remove constitution.eps")
+    _require(
+        not (lag.enabled and lag.target == "forbidden_rate"),
+        f"alignment.lagrange.enabled=true has no effect but to lower beta to 0: {nothing}, so the "
+        "forbidden-action rate it keeps under alignment.lagrange.budget is always 0. Choose a constitution "
+        "with rules, or set alignment.lagrange.enabled=false.",
+    )
+    if _divergence_used(config) != "projection":
+        return  # sigma is uniform: D(sigma, pi) still pulls pi toward spreading its mass
+    zero = f"{nothing}: D = -log2 pi(allowed|s) = 0 in every state"
+    choose = "choose a constitution with rules or a divergence that compares pi with the uniform sigma " \
+             "(kl_pi_sigma, kl_sigma_pi, tv, js)"
+    if not invariances:
+        _unused(config, "alignment.beta", f"{zero} and beta weighs nothing", f"{choose}, or remove alignment.beta")
+    _require(not lag.enabled,
+             f"alignment.lagrange.enabled=true has no effect but to lower beta to 0: {zero}, and so is the "
+             f"mean D it keeps under alignment.lagrange.budget. "
+             f"{choose[0].upper()}{choose[1:]}, or set alignment.lagrange.enabled=false.")
+    _unused(config, "alignment.reward_mode", f"{zero}, so 2^-D = 1 and r * 2^-D = r",
+            f"{choose}, or remove alignment.reward_mode")
+    _unused(config, "alignment.reward_weight",
+            f"{zero}, so 2^-D = 1 and (1 - w) r + w 2^-D only rescales r and adds w to every step: "
+            "no alignment signal",
+            f"{choose}, or remove alignment.reward_weight")
+
+
+def check_constitution(config: TrainConfig, constitution: Any) -> None:
+    """The checks that need the built constitution (its rules are known only once it is
+    built): refuse constitution and alignment flags that its rules give nothing to act on,
+    e.g. lookahead settings for a constitution without state rules.  Raises ConfigError."""
+    _check_rules(
+        config,
+        f"constitution {constitution.name!r}",
+        can_forbid=bool(constitution.action_rules or constitution.state_rules),
+        state_rules=bool(constitution.state_rules),
+        invariances=bool(constitution.invariances),
+    )
+

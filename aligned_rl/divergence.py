@@ -115,3 +115,15 @@ def divergence(name: str, logits: jax.Array, sigma: jax.Array, allowed: jax.Arra
     if name not in _BY_NAME:
         raise ValueError(f"unknown divergence {name!r}; choose one of {DIVERGENCES}")
     return _BY_NAME[name](logits, sigma)
+
+
+def counterfactual_divergence(policy_logits: Callable[[jax.Array], jax.Array], invariances, params,
+                              obs: jax.Array, logits: jax.Array) -> jax.Array:
+    """D_cf per state [B]: the sum over a constitution's ``invariances`` (``transform(obs,
+    params) -> obs'``) of JS(pi(.|o), pi(.|t(o))) in bits, where ``logits`` are pi(.|o) for
+    the batch ``obs`` and ``policy_logits`` gives the logits of any batch of observations."""
+    total = jnp.zeros(logits.shape[:-1], jnp.float32)
+    for transform in invariances:
+        flipped = jax.vmap(lambda o: transform(o, params))(obs)
+        total += jensen_shannon(logits, jax.nn.softmax(policy_logits(flipped), axis=-1))
+    return total

@@ -149,17 +149,24 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from aligned_rl.train.measure import load_measure_config, measure
+    from aligned_rl.train.devices import start_distributed
+    from aligned_rl.train.measure_config import load_measure_config
 
-    report = measure(load_measure_config(args.config, args.overrides))
-    print(f"{report['agent']} on {report['env']}: {report['num_envs']} environments"
-          f"{' (+ antithetic twins)' if report['antithetic'] else ''}, {report['episode_length']} steps each, "
-          f"seed {report['seed']}")
-    print(f"{'estimate':28s} {'mean':>9s} {'95% CI':>22s} {'n':>6s}")
-    for name, e in report["estimates"].items():
-        print(f"{name:28s} {e['mean']:9.4f} [{e['ci95_low']:9.4f}, {e['ci95_high']:9.4f}] {e['n']:6d}")
+    config = load_measure_config(args.config, args.overrides)
+    # before anything touches a device (importing the families does)
+    start_distributed(config.coordinator_address, config.num_processes, config.process_id)
+    import jax
+
+    from aligned_rl.train.measure import measure
+    from aligned_rl.train.measure_report import default_output, format_estimates, write_measurement
+
+    measurement = measure(config)
+    report = measurement.report
+    if jax.process_index() == 0:
+        write_measurement(measurement, config.output or default_output(config.agent, config.env))
+    print(format_estimates(report))
     print(f"{report['agent_env_steps_per_second']:,.0f} agent-environment steps/s "
-          f"(compile {report['compile_seconds']:.1f}s excluded) -> {report['output']}")
+          f"(compile {report['compile_seconds']:.1f}s excluded) -> {report.get('output')}")
     return 0
 
 

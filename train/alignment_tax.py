@@ -34,11 +34,15 @@ For each agent, five quantities, each a mean over the prior with its 95% confide
 
 With ``antithetic`` every environment also runs as its twin with negated rewards (only for
 agents that adapt to rewards: a fixed policy scores exactly 0 on every pair, so the command
-refuses it; measure a PPO pair with ``antithetic=false``); the unit
+refuses it; measure a PPO pair with ``measure.antithetic=false``); the unit
 of estimation is then the pair mean (for every column, the forbidden rate included: the
 twins share their random numbers, so they are not independent draws), and the paired
 difference is the difference of pair means.  Prior mass the sampler filtered out is
 reported beside the estimates.
+
+The config (:class:`TaxConfig`) names the two agents and nests the measure config both are
+measured with (``measure.env``, ``measure.constitution``, ``measure.num_envs``, ...).  Each
+agent is loaded once and measured in this process; nothing is read back from disk.
 
 Writes ``tax.json``, ``tax.png`` and, per agent and run, measure's own output
 (``report.json``, ``per_env.npz``) under ``<output>/<role>[-constrained]/``.
@@ -53,17 +57,19 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import jax
 import numpy as np
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 import aligned_rl.envs as envs
+from aligned_rl.baselines import BASELINES
 from aligned_rl.constitution import description_bits
 from aligned_rl.intelligence import estimation_units, paired_difference, simple_estimate
+from aligned_rl.train.agents import make_agent
 from aligned_rl.train.config import ConfigError, check_ranges, merge_layers
-from aligned_rl.train.measure import MeasureConfig, measure
-from aligned_rl.train.measure_agents import make_actor
+from aligned_rl.train.measure import draw_environments, measure
+from aligned_rl.train.measure_config import MeasureConfig, check_measure_config
+from aligned_rl.train.measure_report import write_measurement
 
 ROLES = ("aligned", "unaligned")
 COLUMNS = {
@@ -82,26 +88,26 @@ COLUMN_MEANING = {
 }
 
 
+def _tax_measure() -> MeasureConfig:
+    return MeasureConfig(num_envs=1024, antithetic=False)
+
+
+# set by the tax command for each agent and run: a measure config that sets them changes nothing
+PER_RUN = ("agent", "agent_params", "paid_reward", "output")
+
+
 @dataclasses.dataclass
 class TaxConfig:
     aligned: str = MISSING  # the aligned agent: a PPO run directory or a baseline name
     unaligned: str = MISSING  # the agent that ignores alignment, measured on the same environments
-    constitution: str = MISSING  # a constitution of the family (not "none")
-    constitution_bits: Optional[float] = None  # K(C) in bits; default: constitution.description_bits
     aligned_params: dict[str, float] = dataclasses.field(default_factory=dict)  # baseline overrides
     unaligned_params: dict[str, float] = dataclasses.field(default_factory=dict)
-    agent_reward_scale: float = 100.0  # baselines are paid r * scale (as in measure)
-    env: str = "BF-programs"
-    num_envs: int = 1024
-    episode_length: int = 1000
-    gamma: float = 0.99
-    antithetic: bool = False  # twins with negated rewards: for agents that adapt to rewards only
-    alignment_weight: float = 0.5  # w in V' = (1 - w) r + w 2^-D
-    seed: int = 0  # one seed for both agents: the same environments and random numbers
-    chunk_steps: int = 100
-    buckets: int = 1  # as in measure: run environments in batches of similar cost
+    constitution_bits: Optional[float] = None  # K(C) in bits; default: constitution.description_bits
+    # how both agents are measured (train/measure_config.py): env, constitution (required), num_envs,
+    # episode_length, antithetic, seed, ...; the agent, its params, what it is paid and where each run
+    # is written are set per run
+    measure: MeasureConfig = dataclasses.field(default_factory=_tax_measure)
     output: Optional[str] = None  # directory; default measurements/tax-<env>-<time>
-    progress: bool = True
 
 
 def load_tax_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> TaxConfig:
@@ -109,12 +115,11 @@ def load_tax_config(path: str | None, overrides: list[str] | tuple[str, ...] = (
     merged = merge_layers(TaxConfig, "tax", path, overrides,
                           example="aligned=checkpoints/tax/programs unaligned=q_lambda")
     try:
-        missing = [k for k in ("aligned", "unaligned", "constitution") if OmegaConf.is_missing(merged, k)]
+        missing = [k for k in ("aligned", "unaligned") if OmegaConf.is_missing(merged, k)]
         if missing:
             raise ConfigError(f"tax config: {', '.join(missing)} not given; set "
                               + " ".join(f"{k}=..." for k in missing)
-                              + " (agents: a PPO run directory or a baseline name; constitution: one the "
-                              "family ships, see `aligned-rl envs`)")
+                              + " (a PPO run directory or a baseline name)")
         config: TaxConfig = OmegaConf.to_object(merged)
     except MissingMandatoryValue as err:  # pragma: no cover - caught above
         raise ConfigError(f"tax config: '{getattr(err, 'full_key', '')}' is not given") from err
@@ -122,15 +127,25 @@ def load_tax_config(path: str | None, overrides: list[str] | tuple[str, ...] = (
         key = getattr(err, "full_key", "")
         raise ConfigError(f"tax config: bad or unknown key '{key}': {str(err).splitlines()[0]}") from err
     bits = config.constitution_bits
-    check_ranges("tax", config, (
-        ("num_envs", config.num_envs >= 2), ("episode_length", config.episode_length >= 1),
-        ("chunk_steps", config.chunk_steps >= 1), ("gamma", 0 < config.gamma < 1),
-        ("buckets", 1 <= config.buckets <= config.num_envs),
-        ("alignment_weight", 0 <= config.alignment_weight <= 1),
-        ("constitution_bits", bits is None or (math.isfinite(bits) and bits >= 0))))
-    if config.constitution == "none":
-        raise ConfigError("tax config: constitution=none leaves nothing to align with; name one the family "
-                          "ships (see `aligned-rl envs`)")
+    check_ranges("tax", config, (("constitution_bits", bits is None or (math.isfinite(bits) and bits >= 0)),))
+    measure = config.measure
+    default = MeasureConfig()
+    for key in PER_RUN:
+        if getattr(measure, key) != getattr(default, key):
+            raise ConfigError(f"tax config: measure.{key} has no effect: the tax command sets it for each agent "
+                              "and run (agents: aligned, unaligned; their baseline parameters: aligned_params, "
+                              "unaligned_params; the directory: output); remove it")
+    if measure.constitution == "none":
+        raise ConfigError("tax config: measure.constitution=none leaves nothing to align with; name one the "
+                          "family ships (see `aligned-rl envs`), e.g. measure.constitution=no_low_symbols")
+    if measure.sampling != "simple":
+        raise ConfigError("tax config: measure.sampling must be simple: the tax is a paired difference over "
+                          "environments drawn i.i.d. from the prior")
+    check_measure_config(measure, "tax measure")
+    for role in ROLES:
+        if getattr(config, f"{role}_params") and getattr(config, role) not in BASELINES:
+            raise ConfigError(f"tax config: {role}_params has no effect: {getattr(config, role)} is not a "
+                              "baseline; remove it")
     return config
 
 
@@ -168,104 +183,93 @@ def per_env_columns(run: dict, constrained_run: dict, bits: float) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------ the command
-def _measure_config(config: TaxConfig, role: str, paid_reward: str, output: Path) -> MeasureConfig:
-    return MeasureConfig(
-        agent=getattr(config, role),
-        agent_params=dict(getattr(config, f"{role}_params")),
-        agent_reward_scale=config.agent_reward_scale,
-        env=config.env,
-        num_envs=config.num_envs,
-        episode_length=config.episode_length,
-        gamma=config.gamma,
-        antithetic=config.antithetic,
-        constitution=config.constitution,
-        paid_reward=paid_reward,
-        alignment_weight=config.alignment_weight,
-        seed=config.seed,
-        chunk_steps=config.chunk_steps,
-        buckets=config.buckets,
-        output=str(output),
-        progress=config.progress,
-    )
+def run_config(config: TaxConfig, role: str, paid_reward: str) -> MeasureConfig:
+    """The measure config of one run: ``role``'s agent paid ``paid_reward``."""
+    return dataclasses.replace(config.measure, agent=getattr(config, role),
+                               agent_params=dict(getattr(config, f"{role}_params")), paid_reward=paid_reward)
 
 
 def alignment_tax(config: TaxConfig) -> dict:
     """Measure both agents on the same environments and return (and write) the tax report."""
-    bits = constitution_code_bits(config.env, config.constitution, config.constitution_bits)
-    if config.num_envs % config.buckets:
-        raise ConfigError(f"num_envs={config.num_envs} does not split into buckets={config.buckets} equal batches")
+    m = config.measure
+    bits = constitution_code_bits(m.env, m.constitution, config.constitution_bits)
+    if m.num_envs % m.buckets:
+        raise ConfigError(f"measure.num_envs={m.num_envs} does not split into measure.buckets={m.buckets} "
+                          "equal batches")
     out = Path(config.output) if config.output else Path("measurements") / (
-        f"tax-{config.env}-{config.constitution}-{time.strftime('%Y%m%d-%H%M%S')}")
-    # build both agents first, so a bad name or run directory fails before anything is drawn or run
-    env, example = envs.make(config.env)
-    adaptive = {}
+        f"tax-{m.env}-{m.constitution}-{time.strftime('%Y%m%d-%H%M%S')}")
+    # load both agents once, first, so a bad name or run directory fails before anything is drawn or run
+    env, example = envs.make(m.env)
+    num_actions = int(env.action_space(example).n)
+    agents = {}
     for role in ROLES:
         try:
-            actor = make_actor(_measure_config(config, role, "env", out), env, example)
+            agents[role] = make_agent(getattr(config, role), env, num_actions, m.env,
+                                      dict(getattr(config, f"{role}_params")), m.agent_reward_scale)
         except ConfigError:
             raise
-        except ValueError as err:  # e.g. a checkpoint whose training state this code no longer matches
+        except ValueError as err:  # e.g. a checkpoint whose parameters this code no longer matches
             raise ConfigError(f"{role}={getattr(config, role)}: cannot load the agent: "
                               f"{str(err).strip().splitlines()[0]} (retrain it with this version)") from err
-        adaptive[role] = bool(actor.adaptive)
-    if config.antithetic:
-        blind = [getattr(config, r) for r in ROLES if not adaptive[r]]
+    if m.antithetic:
+        blind = [getattr(config, r) for r in ROLES if not agents[r].adaptive]
         if blind:
             raise ConfigError(
                 f"{blind[0]} does not adapt to the rewards it is paid (a feed-forward policy): in an "
                 "environment's reward-negated antithetic twin it acts the same and scores exactly the "
-                "negative, so every pair averages 0 and the comparison says nothing; set antithetic=false")
-    # one draw of the environments, shared by every run (measure would draw the same from the seed)
-    sampled = envs.sample(config.env, jax.random.PRNGKey(config.seed), config.num_envs)
+                "negative, so every pair averages 0 and the comparison says nothing; set measure.antithetic=false")
+    # one draw of the environments, shared by every run
+    sampled = draw_environments(m)
     batch = sampled[1]
 
-    n = config.num_envs
-    agents: dict[str, dict] = {}
+    n = m.num_envs
+    reports: dict[str, dict] = {}
     columns: dict[str, dict[str, np.ndarray]] = {}
     for role in ROLES:
         runs = {"env": out / role}
-        if adaptive[role]:
+        if agents[role].adaptive:
             runs["constrained"] = out / f"{role}-constrained"
-        arrays, reports = {}, {}
+        measured = {}
         for paid, directory in runs.items():
-            reports[paid] = measure(_measure_config(config, role, paid, directory), sampled=sampled)
-            with np.load(directory / "per_env.npz") as data:
-                arrays[paid] = {k: data[k] for k in data.files}
-        columns[role] = per_env_columns(arrays["env"], arrays.get("constrained", arrays["env"]), bits)
-        agents[role] = {
+            measured[paid] = measure(run_config(config, role, paid), agent=agents[role], sampled=sampled)
+            write_measurement(measured[paid], directory)
+        columns[role] = per_env_columns(measured["env"].per_env,
+                                        measured.get("constrained", measured["env"]).per_env, bits)
+        reports[role] = {
             "agent": getattr(config, role),
-            "adaptive": adaptive[role],
+            "adaptive": bool(agents[role].adaptive),
             "runs": {paid: str(directory) for paid, directory in runs.items()},
-            "agent_env_steps_per_second": {paid: r["agent_env_steps_per_second"] for paid, r in reports.items()},
+            "agent_env_steps_per_second": {paid: r.report["agent_env_steps_per_second"]
+                                           for paid, r in measured.items()},
             "estimates": {
-                c: simple_estimate(estimation_units(v, n, config.antithetic), batch.filtered_mass).as_dict()
+                c: simple_estimate(estimation_units(v, n, m.antithetic), batch.filtered_mass).as_dict()
                 for c, v in columns[role].items()
             },
         }
     difference = {
-        c: paired_difference(columns["unaligned"][c], columns["aligned"][c], n, config.antithetic,
+        c: paired_difference(columns["unaligned"][c], columns["aligned"][c], n, m.antithetic,
                              batch.filtered_mass).as_dict()
         for c in COLUMNS
     }
     weight = 2.0 ** -bits
     report = {
-        "env": config.env,
-        "constitution": config.constitution,
+        "env": m.env,
+        "constitution": m.constitution,
         "constitution_bits": bits,
         "constitution_bits_source": "config" if config.constitution_bits is not None else "code",
         "constitution_weight": weight,
         # |Sigma_a - Upsilon| <= this, per environment and so for the means (|V| <= 1)
         "sigma_a_max_deviation_from_upsilon": 2.0 * weight / (1.0 + weight),
         "num_envs": n,
-        "antithetic": config.antithetic,
-        "episode_length": config.episode_length,
-        "seed": config.seed,
+        "antithetic": m.antithetic,
+        "episode_length": m.episode_length,
+        "seed": m.seed,
         "filtered_mass": batch.filtered_mass,
         "mean_description_bits": float(np.mean(np.asarray(batch.bits))),
         "columns": COLUMN_MEANING,
-        "agents": agents,
+        "agents": reports,
         "difference": difference,  # unaligned minus aligned, paired
-        "config": dataclasses.asdict(config),
+        "config": OmegaConf.to_container(OmegaConf.structured(config)),
         "output": str(out),
     }
     out.mkdir(parents=True, exist_ok=True)

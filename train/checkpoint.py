@@ -75,6 +75,14 @@ def best_step(mngr: ocp.CheckpointManager) -> int | None:
     return max(scored)[1] if scored else None
 
 
+def find_step(mngr: ocp.CheckpointManager, which: str = "latest") -> int:
+    """The step of the ``which`` ('latest' or 'best') checkpoint; FileNotFoundError if there is none."""
+    step = latest_step(mngr) if which == "latest" else best_step(mngr)
+    if step is None:
+        raise FileNotFoundError(f"{Path(mngr.directory).parent} has no checkpoint")
+    return int(step)
+
+
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
@@ -92,3 +100,21 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
             "version: train the run again, or restore it with the version named in its metadata."
         ) from err
     return restored["state"]
+
+
+def restore_params(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
+    """Only the ``params`` field of the TrainState saved at ``step`` (shapes and dtypes of ``like``):
+    a policy restored without building the rest of its training state."""
+    abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
+    path = Path(mngr.directory) / str(step) / "state"
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+            item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract), partial_restore=True))
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"checkpoint {step} in {mngr.directory} does not hold the policy parameters this version of "
+            f"aligned-rl builds from the run's config ({reason}). Train the run again, or restore it with "
+            "the version named in its metadata."
+        ) from err
+    return jax.tree.map(jax.numpy.asarray, restored["params"])

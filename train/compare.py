@@ -19,27 +19,17 @@ import numpy as np
 
 from aligned_rl.intelligence import estimation_units, paired_difference, simple_estimate
 from aligned_rl.train.config import ConfigError
+from aligned_rl.train.measure_report import read_measurement
 
 # what must agree for two runs to have seen the same environments and random numbers
 SAME = ("env", "num_envs", "seed", "episode_length", "antithetic")
-
-
-def _load(run: str | Path) -> tuple[dict, dict]:
-    run = Path(run)
-    if not (run / "report.json").is_file() or not (run / "per_env.npz").is_file():
-        raise ConfigError(f"{run} is not an output directory of aligned-rl measure (report.json and "
-                          "per_env.npz are missing)")
-    report = json.loads((run / "report.json").read_text())
-    with np.load(run / "per_env.npz") as data:
-        per_env = {k: data[k] for k in data.files}
-    return report, per_env
 
 
 def compare(runs: list[str], metric: str = "average_reward", output: str | None = None) -> dict:
     """The comparison of ``runs`` (measure output directories; the first is the reference)."""
     if len(runs) < 2:
         raise ConfigError("compare needs at least two measure output directories")
-    loaded = [_load(r) for r in runs]
+    loaded = [(m.report, m.per_env) for m in map(read_measurement, runs)]
     ref = loaded[0][0]
     for run, (report, per_env) in zip(runs, loaded):
         differ = [k for k in SAME if report[k] != ref[k]]

@@ -388,3 +388,20 @@ def check_constitution(config: TrainConfig, constitution: Any) -> None:
         invariances=bool(constitution.invariances),
     )
 
+
+CONFIG_FILE = "config.yaml"  # the resolved config a run directory holds
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The config saved in ``run_dir`` with ``overrides`` applied (validated)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+    data = OmegaConf.to_container(OmegaConf.load(path))
+    merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
+    config = from_dict(OmegaConf.to_container(merged))
+    config.run.dir = str(run_dir)
+    return config

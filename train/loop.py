@@ -21,16 +21,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 import aligned_rl.envs as envs
 from aligned_rl.constitution import Constitution
-from aligned_rl.train import checkpoint, plots
-from aligned_rl.train.config import ConfigError, TrainConfig, from_dict, to_dict, to_yaml
+from aligned_rl.train import checkpoint, devices, plots
+from aligned_rl.train.compiled import CompiledCache
+from aligned_rl.train.config import (CONFIG_FILE, ConfigError, TrainConfig, check_constitution, from_dict,
+                                    load_run_config, to_dict, to_yaml)
 from aligned_rl.train.ppo import AlignedPPO, TrainState
 from aligned_rl.train.run_log import RunLog, chunk_record, non_finite_keys, truncate_metrics
 
-CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 # Keys a resumed run may change: they affect I/O, never the numbers.
 RESUMABLE_CHANGES = (
@@ -72,21 +73,6 @@ def build_constitution(config: TrainConfig) -> Constitution:
     )
 
 
-def _device_mesh(config: TrainConfig) -> Mesh | None:
-    devices = jax.local_devices()
-    count = config.run.devices or len(devices)
-    if count > len(devices):
-        raise ConfigError(f"run.devices={count} but only {len(devices)} local device(s) are visible")
-    if count == 1:
-        return None
-    if config.env.num_envs % count:
-        raise ConfigError(
-            f"env.num_envs={config.env.num_envs} does not split over {count} devices; "
-            f"use a multiple of {count} or set run.devices"
-        )
-    return Mesh(np.array(devices[:count]), ("envs",))
-
-
 def build(config: TrainConfig) -> Setup:
     """Environment, constitution, learner and the env-param batch for ``config``."""
     try:
@@ -94,6 +80,7 @@ def build(config: TrainConfig) -> Setup:
         constitution = build_constitution(config)
     except (KeyError, ValueError) as err:
         raise ConfigError(str(err.args[0] if err.args else err)) from err
+    check_constitution(config, constitution)
     env = spec.make()
     params_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
     env_params = spec.sample_params(env, params_key, config.env.num_envs).params
@@ -103,27 +90,18 @@ def build(config: TrainConfig) -> Setup:
             raise ConfigError(f"env.episode_length: {config.env.name!r} has no max_steps_in_episode to set; leave it 0")
         env_params = env_params.replace(max_steps_in_episode=jnp.full_like(limit, config.env.episode_length))
     algo = AlignedPPO(config, env, env.default_params, constitution)
-    mesh = _device_mesh(config)
+    mesh = devices.device_mesh(config.run.devices, "run.devices", num_envs=config.env.num_envs)
     setup = Setup(config, env, constitution, algo, env_params, constitution.params, mesh)
     if mesh is not None:
-        setup.env_params = jax.device_put(env_params, NamedSharding(mesh, PartitionSpec("envs")))
+        setup.env_params = jax.device_put(env_params, devices.split_over(mesh))
     return setup
 
 
 def state_shardings(setup: Setup, state: TrainState) -> Any:
-    """Env-batched fields split over the mesh's 'envs' axis; parameters replicated."""
-    batch = NamedSharding(setup.mesh, PartitionSpec("envs"))
-    repl = NamedSharding(setup.mesh, PartitionSpec())
-    shardings = jax.tree.map(lambda _: repl, state)
-    shardings = shardings.replace(
-        env_state=jax.tree.map(lambda _: batch, state.env_state),
-        obs=batch,
-        episode_return=batch,
-        episode_length=batch,
-    )
-    if state.memory is not None:  # the rl2 network's per-environment inputs
-        shardings = shardings.replace(memory=batch, prev_action=batch, prev_reward=batch, start=batch)
-    return shardings
+    """The rollout's per-environment fields split over the mesh's 'envs' axis; the rest replicated."""
+    repl = devices.replicated(setup.mesh)
+    per_env = jax.tree.map(lambda _: devices.split_over(setup.mesh), state.rollout).replace(rng=repl, t=repl)
+    return jax.tree.map(lambda _: repl, state).replace(rollout=per_env)
 
 
 def initial_state(setup: Setup) -> TrainState:
@@ -138,22 +116,20 @@ class ChunkRunner:
 
     def __init__(self, setup: Setup, example: TrainState):
         self.setup = setup
-        kwargs = {"static_argnums": 3, "donate_argnums": 0}
+        kwargs = {"donate_argnums": 0}
         if setup.mesh is not None:
-            repl = NamedSharding(setup.mesh, PartitionSpec())
-            kwargs["out_shardings"] = (state_shardings(setup, example), repl)
-        self.jitted = jax.jit(setup.algo.run_updates, **kwargs)
-        self.compiled: dict[int, Any] = {}
-        self.compile_seconds = 0.0
+            kwargs["out_shardings"] = (state_shardings(setup, example), devices.replicated(setup.mesh))
+        self.cache = CompiledCache(setup.algo.run_updates, static_argnums=(3,), **kwargs)
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.cache.compile_seconds
 
     def __call__(self, state: TrainState, num_updates: int) -> tuple[TrainState, dict[str, np.ndarray], float]:
         s = self.setup
-        if num_updates not in self.compiled:
-            start = time.perf_counter()
-            self.compiled[num_updates] = self.jitted.lower(state, s.env_params, s.cparams, num_updates).compile()
-            self.compile_seconds += time.perf_counter() - start
+        run = self.cache.executable(state, s.env_params, s.cparams, num_updates)  # compiled outside the timing
         start = time.perf_counter()
-        state, metrics = self.compiled[num_updates](state, s.env_params, s.cparams)
+        state, metrics = run(state, s.env_params, s.cparams)
         jax.block_until_ready((state, metrics))
         seconds = time.perf_counter() - start
         return state, jax.tree.map(np.asarray, metrics), seconds
@@ -197,36 +173,17 @@ def config_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
     ]
 
 
-def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """The config saved in ``run_dir`` with ``overrides`` applied (validated)."""
-    from omegaconf import OmegaConf
-
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
-    data = OmegaConf.to_container(OmegaConf.load(path))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-    merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
-    config = from_dict(OmegaConf.to_container(merged))
-    config.run.dir = str(run_dir)
-    return config
-
-
 def load_run(run_dir: str | Path, which: str = "latest") -> tuple[Setup, TrainState, int]:
     """(setup, TrainState, update) of the ``which`` ('latest' or 'best') checkpoint of a run,
     rebuilt from its saved config on one device."""
     setup = build(load_run_config(run_dir, ["run.devices=1"]))
     mngr = checkpoint.manager(run_dir, read_only=True)
     try:
-        step = checkpoint.latest_step(mngr) if which == "latest" else checkpoint.best_step(mngr)
-        if step is None:
-            raise FileNotFoundError(f"{run_dir} has no checkpoint")
+        step = checkpoint.find_step(mngr, which)
         state = checkpoint.restore_state(mngr, step, like=initial_state(setup))
     finally:
         mngr.close()
-    return setup, state, int(step)
+    return setup, state, step
 
 
 def train(config: TrainConfig, resume: bool = False, force: bool = False) -> dict:

@@ -24,13 +24,11 @@ Episodes end in two ways and GAE treats them differently: on termination the nex
 is 0; on truncation (time limit) the value of the true last observation (before the
 automatic reset) is bootstrapped.
 
-Two networks (``ppo.network``): ``mlp``, separate actor and critic MLPs of the observation;
-and ``rl2``, a recurrent agent (``networks.RecurrentActorCritic``) fed the previous action
-and reward, whose memory runs through the rollout and is cleared where an episode starts.
-The recurrent agent learns from whole sequences: the memory at the start of a rollout is
-kept, and the loss re-runs the network over each minibatch's [T, envs] sequences from it
-(minibatches split the environments, not the steps).  Memory flows between rollouts, so
-the gradient is backpropagated through time ``ppo.num_steps`` steps at most.
+The network is a :class:`~aligned_rl.train.policies.Policy` (``ppo.network``): the learner
+asks it how to act, what it remembers between steps, and whether its loss needs whole
+sequences (a recurrent policy: minibatches then split the environments, not the steps, and
+the loss re-runs it from the memory the rollout started with).  Collection is the one
+rollout (``rollout.Rollout``) driving a :class:`~aligned_rl.train.agents.PolicyAgent`.
 """
 
 from __future__ import annotations
@@ -44,111 +42,46 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from aligned_rl.constitution import Constitution, judge, violates
-from aligned_rl.divergence import alignment_reward, divergence, jensen_shannon
-from aligned_rl.train.config import TrainConfig
-from aligned_rl.train.config import ConfigError
-from aligned_rl.train.networks import Actor, Critic, RecurrentActorCritic
+from aligned_rl.constitution import Constitution, shield
+from aligned_rl.divergence import alignment_reward, counterfactual_divergence, divergence
+from aligned_rl.train.agents import PolicyAgent
+from aligned_rl.train.config import ConfigError, TrainConfig
+from aligned_rl.train.policies import make_policy
+from aligned_rl.train.rollout import Rollout, RolloutCarry, Step
 
 
 class TrainState(struct.PyTreeNode):
     """Everything a run needs to continue bit for bit; orbax saves exactly this."""
 
-    params: Any  # {"actor": ..., "critic": ...}
+    params: Any  # the policy's parameters
     opt_state: Any
-    env_state: Any  # [N] batch of environment states
-    obs: jax.Array  # [N, ...] last observations
-    rng: jax.Array
+    rollout: RolloutCarry  # environments, last observations, the policy's memory, episode counters, rng
     update: jax.Array  # int32: PPO updates done
     beta: jax.Array  # float32: weight of D in the loss (adapted under Lagrange)
-    episode_return: jax.Array  # [N] return of the running episode (environment reward)
-    episode_length: jax.Array  # [N] int32 length of the running episode
-    # the rl2 network's inputs besides the observation (None for the mlp network)
-    memory: Any = None  # [N, M] recurrent memory
-    prev_action: Any = None  # [N] int32 action of the previous step (-1: none yet)
-    prev_reward: Any = None  # [N] reward of the previous step
-    start: Any = None  # [N] bool: the next step is the first of an episode
-
-
-class RolloutStep(NamedTuple):
-    """What one environment step records while acting (no critic, no D: those are batched later)."""
-
-    obs: jax.Array
-    final_obs: jax.Array  # observation the step reached, before any automatic reset
-    raw_logits: jax.Array  # the policy's logits before any shield
-    action: jax.Array
-    log_prob: jax.Array
-    env_reward: jax.Array
-    terminated: jax.Array
-    done: jax.Array
-    allowed: jax.Array
-    sigma: jax.Array
-    violated: jax.Array
-    all_forbidden: jax.Array
-    in_forbidden_state: jax.Array
-    finished_return: jax.Array
-    finished_length: jax.Array
-    env_metrics: dict  # info["metrics"] of the environment, if it reports any
-    # the recurrent network's other inputs (None for the mlp network)
-    prev_action: Any = None
-    prev_reward: Any = None
-    start: Any = None
 
 
 class LearnBatch(NamedTuple):
-    """The fields of a Transition the loss reads: what is shuffled into minibatches."""
+    """What the loss reads of a rollout: what is shuffled into minibatches."""
 
     obs: jax.Array
+    prev_reward: jax.Array  # the policy's inputs besides the observation
+    first: jax.Array
     action: jax.Array
     log_prob: jax.Array
     value: jax.Array
     allowed: jax.Array
     sigma: jax.Array
-    prev_action: Any = None
-    prev_reward: Any = None
-    start: Any = None
 
 
 class Transition(NamedTuple):
-    obs: jax.Array
-    action: jax.Array
-    log_prob: jax.Array
+    """A rollout's steps with what the learner computes over them in one batch."""
+
+    step: Step
     value: jax.Array
-    next_value: jax.Array
+    next_value: jax.Array  # of the observation reached, before any reset (bootstraps truncations)
     reward: jax.Array  # the reward the learner optimises (shaped if configured)
-    terminated: jax.Array
-    done: jax.Array
-    allowed: jax.Array  # [A] actions sigma allows (fallback applied)
-    sigma: jax.Array  # [A]
-    # measurements, not used by the loss
-    env_reward: jax.Array
     divergence: jax.Array
-    violated: jax.Array
-    all_forbidden: jax.Array
-    in_forbidden_state: jax.Array
-    finished_return: jax.Array  # return of the episode that ended here (0 if none)
-    finished_length: jax.Array
     counterfactual_divergence: jax.Array  # D_cf summed over the constitution's invariances
-    env_metrics: dict
-    prev_action: Any = None
-    prev_reward: Any = None
-    start: Any = None
-
-
-def masked_logits(logits: jax.Array, allowed: jax.Array) -> jax.Array:
-    """Shield: forbidden actions get -inf logits (sigma's fallback keeps one action allowed)."""
-    return jnp.where(allowed, logits, -jnp.inf)
-
-
-def counterfactual_divergence(
-    actor_apply: Any, actor_params: Any, constitution: Constitution, cparams: Any, obs: jax.Array, logits: jax.Array
-) -> jax.Array:
-    """Sum over the constitution's invariances of JS(pi(.|o), pi(.|t(o))) in bits, per state [B]."""
-    total = jnp.zeros(logits.shape[:-1], jnp.float32)
-    for transform in constitution.invariances:
-        flipped = jax.vmap(lambda o: transform(o, cparams))(obs)
-        total += jensen_shannon(logits, jax.nn.softmax(actor_apply(actor_params, flipped), axis=-1))
-    return total
 
 
 def _entropy(logits: jax.Array) -> jax.Array:
@@ -158,7 +91,7 @@ def _entropy(logits: jax.Array) -> jax.Array:
 
 
 class AlignedPPO:
-    """The learner: static structure (config, env, constitution, networks) plus pure functions."""
+    """The learner: static structure (config, env, constitution, policy) plus pure functions."""
 
     def __init__(self, config: TrainConfig, env: Any, env_params_example: Any, constitution: Constitution):
         self.config = config
@@ -166,19 +99,13 @@ class AlignedPPO:
         self.constitution = constitution
         self.num_envs = config.env.num_envs
         self.num_actions = int(env.action_space(env_params_example).n)
-        hidden = tuple(config.ppo.hidden_sizes)
         ppo = config.ppo
-        self.recurrent = ppo.network == "rl2"
-        if self.recurrent:
-            if constitution.invariances:
-                raise ConfigError(
-                    f"constitution {constitution.name!r} has invariances, which the rl2 network cannot "
-                    "be held to (its decision depends on its memory too); use ppo.network=mlp"
-                )
-            self.net = RecurrentActorCritic(self.num_actions, hidden, ppo.activation, ppo.memory_size)
-        else:
-            self.actor = Actor(self.num_actions, hidden, ppo.activation)
-            self.critic = Critic(hidden, ppo.activation)
+        self.policy = make_policy(ppo, self.num_actions)
+        if constitution.invariances and not self.policy.supports_invariances:
+            raise ConfigError(
+                f"constitution {constitution.name!r} has invariances, which the {ppo.network} network cannot "
+                "be held to (its decision depends on more than the observation); use ppo.network=mlp"
+            )
         steps_per_epoch = ppo.num_minibatches * ppo.update_epochs
         if ppo.anneal_lr:
             lr = optax.linear_schedule(ppo.lr, 0.0, config.num_updates * steps_per_epoch)
@@ -192,72 +119,32 @@ class AlignedPPO:
     # ------------------------------------------------------------------ init
     def init(self, key: jax.Array, env_params: Any) -> TrainState:
         """A fresh TrainState; env_params is the [N] batch the run will use."""
-        k_actor, k_critic, k_reset, k_run = jax.random.split(key, 4)
-        reset_keys = jax.random.split(k_reset, self.num_envs)
-        obs, env_state = jax.vmap(self.env.reset)(reset_keys, env_params)
-        memory, prev_action, prev_reward, start = self.initial_memory(self.num_envs)
-        if self.recurrent:
-            params = {"net": self.net.init(k_actor, memory[:1], obs[:1], prev_action[:1], prev_reward[:1], start[:1])}
-        else:
-            params = {
-                "actor": self.actor.init(k_actor, obs[:1]),
-                "critic": self.critic.init(k_critic, obs[:1]),
-            }
+        keys = jax.random.split(key, 4)  # two for the policy's networks, one to reset, one to run
+        reset_keys = jax.random.split(keys[2], self.num_envs)
+        carry = self.rollout(None).start(env_params, reset_keys, reset_keys, keys[3])
+        params = self.policy.init(keys[:2], carry.obs)
         return TrainState(
             params=params,
             opt_state=self.optimizer.init(params),
-            env_state=env_state,
-            obs=obs,
-            rng=k_run,
+            rollout=carry,
             update=jnp.zeros((), jnp.int32),
             beta=jnp.asarray(self.config.alignment.beta, jnp.float32),
-            episode_return=jnp.zeros((self.num_envs,), jnp.float32),
-            episode_length=jnp.zeros((self.num_envs,), jnp.int32),
-            memory=memory,
-            prev_action=prev_action,
-            prev_reward=prev_reward,
-            start=start,
         )
 
     # --------------------------------------------------------------- acting
-    def initial_memory(self, n: int) -> tuple[Any, Any, Any, Any]:
-        """(memory, prev_action, prev_reward, start) of ``n`` agents that have not acted yet;
-        all None for the mlp network, which has no memory."""
-        if not self.recurrent:
-            return (None, None, None, None)
-        return (jnp.zeros((n, self.config.ppo.memory_size), jnp.float32), jnp.full((n,), -1, jnp.int32),
-                jnp.zeros((n,), jnp.float32), jnp.ones((n,), bool))
+    def agent(self, params: Any) -> PolicyAgent:
+        """The policy with ``params`` acting as the learner collects: sampling, shielded if configured."""
+        return PolicyAgent(self.policy, params, shields=self.config.alignment.shield)
 
-    def act_logits(self, params: Any, memory: jax.Array, obs: jax.Array, prev_action: jax.Array,
-                   prev_reward: jax.Array, start: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """One step of the policy over a batch: (memory after the step, raw logits).  The mlp
-        network reads the observation only (its memory is None)."""
-        if self.recurrent:
-            memory, logits, _ = self.net.apply(params["net"], memory, obs, prev_action, prev_reward, start)
-            return memory, logits
-        return memory, self.actor.apply(params["actor"], obs)
+    def rollout(self, params: Any) -> Rollout:
+        return Rollout(self.agent(params), self.env, self.constitution, self.num_actions)
 
     def counterfactual(self, params: Any, cparams: Any, obs: jax.Array, raw_logits: jax.Array) -> jax.Array:
-        """D_cf per state [B] (0 without invariances; the rl2 network refuses invariances)."""
+        """D_cf per state [B] (0 without invariances)."""
         if not self.constitution.invariances:
             return jnp.zeros(raw_logits.shape[:-1], jnp.float32)
-        return counterfactual_divergence(self.actor.apply, params["actor"], self.constitution, cparams, obs, raw_logits)
-
-    def _sequence(self, params: Any, memory: jax.Array, obs, prev_action, prev_reward, start):
-        """The recurrent network over [T, B] inputs from ``memory`` [B, M]: logits [T, B, A],
-        values [T, B] and the memory after every step [T, B, M]."""
-
-        def body(m, inputs):
-            m, logits, value = self.net.apply(params["net"], m, *inputs)
-            return m, (logits, value, m)
-
-        _, (logits, values, memories) = jax.lax.scan(body, memory, (obs, prev_action, prev_reward, start))
-        return logits, values, memories
-
-    def judge_batch(self, cparams: Any, env_params: Any, step_keys: jax.Array, obs: jax.Array, env_state: Any):
-        return jax.vmap(
-            lambda ep, k, o, s: judge(self.constitution, cparams, self.env, ep, k, o, s, self.num_actions)
-        )(env_params, step_keys, obs, env_state)
+        return counterfactual_divergence(lambda o: self.policy.logits(params, o), self.constitution.invariances,
+                                         cparams, obs, raw_logits)
 
     def _shape_reward(self, reward: jax.Array, align_reward: jax.Array) -> jax.Array:
         align = self.config.alignment
@@ -267,115 +154,60 @@ class AlignedPPO:
             return (1.0 - align.reward_weight) * reward + align.reward_weight * align_reward
         return reward
 
-    def _env_step(self, env_params: Any, cparams: Any, state: TrainState, _: Any):
-        """Act and step; the critic and D are evaluated after the rollout, batched over all steps."""
-        rng, k_act, k_step = jax.random.split(state.rng, 3)
-        step_keys = jax.random.split(k_step, self.num_envs)
-        verdict = self.judge_batch(cparams, env_params, step_keys, state.obs, state.env_state)
-        memory, raw_logits = self.act_logits(state.params, state.memory, state.obs, state.prev_action,
-                                             state.prev_reward, state.start)
-        logits = masked_logits(raw_logits, verdict.allowed) if self.config.alignment.shield else raw_logits
-        action = jax.random.categorical(k_act, logits)
-        log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=-1)[:, 0]
-
-        obs, env_state, reward, terminated, truncated, info = jax.vmap(self.env.step)(
-            step_keys, state.env_state, action, env_params
-        )
-        reward = reward.astype(jnp.float32)
-        done = jnp.logical_or(terminated, truncated)
-        violated = violates(verdict, action)
-
-        episode_return = state.episode_return + reward
-        episode_length = state.episode_length + 1
-        step = RolloutStep(
-            obs=state.obs,
-            final_obs=info["final_observation"],
-            raw_logits=raw_logits,
-            action=action,
-            log_prob=log_prob,
-            env_reward=reward,
-            terminated=terminated,
-            done=done,
-            allowed=verdict.allowed,
-            sigma=verdict.sigma,
-            violated=violated,
-            all_forbidden=verdict.all_forbidden,
-            in_forbidden_state=verdict.in_forbidden_state,
-            finished_return=jnp.where(done, episode_return, 0.0),
-            finished_length=jnp.where(done, episode_length, 0),
-            env_metrics=info.get("metrics", {}),
-        )
-        if self.recurrent:
-            step = step._replace(prev_action=state.prev_action, prev_reward=state.prev_reward, start=state.start)
-            # the network clears memory, previous action and reward itself where ``start`` is set
-            state = state.replace(memory=memory, prev_action=action, prev_reward=reward, start=done)
-        state = state.replace(
-            env_state=env_state,
-            obs=obs,
-            rng=rng,
-            episode_return=jnp.where(done, 0.0, episode_return),
-            episode_length=jnp.where(done, 0, episode_length),
-        )
-        return state, step
-
-    def _complete(self, params: Any, cparams: Any, rollout: "RolloutStep", memory: jax.Array) -> Transition:
+    def _complete(self, params: Any, cparams: Any, steps: Step, start: Any) -> Transition:
         """Values, next values (pre-reset observations, for truncation bootstraps), D and the
-        learner's reward, computed once over the whole [T, N] rollout (``memory``: the
-        recurrent memory at its start)."""
-        T, N = rollout.action.shape
+        learner's reward, computed once over the whole [T, N] rollout (``start``: the policy's
+        carry when it began)."""
+        T, N = steps.action.shape
         flat = lambda x: x.reshape((T * N,) + x.shape[2:])  # noqa: E731
-        if self.recurrent:
-            _, value, memories = self._sequence(params, memory, rollout.obs, rollout.prev_action,
-                                                rollout.prev_reward, rollout.start)
-            # the value of the pre-reset observation, one step further along the same memory
-            _, _, next_value = self.net.apply(params["net"], flat(memories), flat(rollout.final_obs),
-                                              flat(rollout.action), flat(rollout.env_reward),
-                                              jnp.zeros((T * N,), bool))
-            next_value = next_value.reshape(T, N)
-        else:
-            value = self.critic.apply(params["critic"], flat(rollout.obs)).reshape(T, N)
-            next_value = self.critic.apply(params["critic"], flat(rollout.final_obs)).reshape(T, N)
-        d = divergence(self.divergence_name, rollout.raw_logits, rollout.sigma, rollout.allowed)
-        d_cf = self.counterfactual(params, cparams, flat(rollout.obs), flat(rollout.raw_logits)).reshape(T, N)
-        shared = {k: getattr(rollout, k) for k in Transition._fields if k in RolloutStep._fields}
+        _, value, carries = self.policy.replay(params, start, steps.obs, steps.prev_reward, steps.first,
+                                               steps.action)
+        # the value of the pre-reset observation, one step further along the same memory
+        _, _, next_value = self.policy.step(params, jax.tree.map(flat, carries), flat(steps.final_obs),
+                                            flat(steps.reward), jnp.zeros((T * N,), bool))
+        verdict = steps.verdict
+        d = divergence(self.divergence_name, steps.logits, verdict.sigma, verdict.allowed)
+        d_cf = self.counterfactual(params, cparams, flat(steps.obs), flat(steps.logits)).reshape(T, N)
         return Transition(
-            **shared,
+            step=steps,
             value=value,
-            next_value=next_value,
-            reward=self._shape_reward(rollout.env_reward, alignment_reward(d)),
+            next_value=next_value.reshape(T, N),
+            reward=self._shape_reward(steps.reward, alignment_reward(d)),
             divergence=d,
             counterfactual_divergence=d_cf,
         )
 
     # -------------------------------------------------------------- learning
-    def _advantages(self, traj: Transition) -> tuple[jax.Array, jax.Array]:
+    def _advantages(self, reward: jax.Array, value: jax.Array, next_value: jax.Array, terminated: jax.Array,
+                    done: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """GAE over [T, N]: (advantages, value targets).  On termination the next value is 0; on
+        truncation ``next_value`` (of the observation reached before the reset) is bootstrapped."""
         ppo = self.config.ppo
 
-        def backward(gae, t: Transition):
-            delta = t.reward + ppo.gamma * t.next_value * (1.0 - t.terminated) - t.value
-            gae = delta + ppo.gamma * ppo.gae_lambda * (1.0 - t.done) * gae
+        def backward(gae, t):
+            reward, value, next_value, terminated, done = t
+            delta = reward + ppo.gamma * next_value * (1.0 - terminated) - value
+            gae = delta + ppo.gamma * ppo.gae_lambda * (1.0 - done) * gae
             return gae, gae
 
-        _, advantages = jax.lax.scan(backward, jnp.zeros_like(traj.value[0]), traj, reverse=True)
-        return advantages, advantages + traj.value
+        inputs = (reward, value, next_value, terminated, done)
+        _, advantages = jax.lax.scan(backward, jnp.zeros_like(value[0]), inputs, reverse=True)
+        return advantages, advantages + value
 
     def loss(
         self, params: Any, beta: jax.Array, cparams: Any, batch: LearnBatch, advantages: jax.Array, targets: jax.Array,
-        memory: jax.Array | None = None,
+        start: Any = (),
     ):
-        """PPO loss over a minibatch: [B] samples (mlp), or [T, B] sequences from ``memory`` (rl2)."""
+        """PPO loss over a minibatch of [T, B] steps, replayed from the policy's carry ``start``
+        (a policy without ``needs_sequences`` gets single steps as T = 1)."""
         ppo = self.config.ppo
-        if self.recurrent:
-            raw_logits, value, _ = self._sequence(params, memory, batch.obs, batch.prev_action,
-                                                  batch.prev_reward, batch.start)
-            flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
-            raw_logits, value = flat(raw_logits), flat(value)
-            batch = LearnBatch(*(flat(x) for x in batch[:6]))
-            advantages, targets = flat(advantages), flat(targets)
-        else:
-            raw_logits = self.actor.apply(params["actor"], batch.obs)
-            value = self.critic.apply(params["critic"], batch.obs)
-        logits = masked_logits(raw_logits, batch.allowed) if self.config.alignment.shield else raw_logits
+        raw_logits, value, _ = self.policy.replay(params, start, batch.obs, batch.prev_reward, batch.first,
+                                                  batch.action)
+        flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
+        raw_logits, value = flat(raw_logits), flat(value)
+        batch = jax.tree.map(flat, batch)
+        advantages, targets = flat(advantages), flat(targets)
+        logits = shield(raw_logits, batch.allowed) if self.config.alignment.shield else raw_logits
         log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), batch.action[:, None], axis=-1)[:, 0]
 
         value_clipped = batch.value + jnp.clip(value - batch.value, -ppo.clip_eps, ppo.clip_eps)
@@ -400,32 +232,33 @@ class AlignedPPO:
             "loss/approx_kl": approx_kl,
         }
 
-    def _epoch(self, batch_and_targets, cparams, carry, _):
-        params, opt_state, beta, rng = carry
-        traj, advantages, targets, memory = batch_and_targets
-        ppo = self.config.ppo
-        rng, k_perm = jax.random.split(rng)
-        batch = LearnBatch(traj.obs, traj.action, traj.log_prob, traj.value, traj.allowed, traj.sigma,
-                           traj.prev_action, traj.prev_reward, traj.start)
-        k = ppo.num_minibatches
-        if self.recurrent:  # whole sequences: shuffle and split the environments
-            perm = jax.random.permutation(k_perm, self.num_envs)
+    def _minibatches(self, key: jax.Array, batch: LearnBatch, advantages, targets, start):
+        """[k, T, B, ...] minibatches and the carry each starts from: whole sequences of shuffled
+        environments for a policy that ``needs_sequences``, else shuffled single steps (T = 1)."""
+        k = self.config.ppo.num_minibatches
+        if self.policy.needs_sequences:
+            perm = jax.random.permutation(key, self.num_envs)
 
             def to_minibatches(x):  # [T, N, ...] -> [k, T, N / k, ...]
                 x = x[:, perm]
                 return x.reshape((x.shape[0], k, self.num_envs // k) + x.shape[2:]).swapaxes(0, 1)
 
-            minibatches = jax.tree.map(to_minibatches, (batch, advantages, targets))
-            minibatches += (memory[perm].reshape((k, self.num_envs // k) + memory.shape[1:]),)
-        else:
-            size = self.config.steps_per_update
-            perm = jax.random.permutation(k_perm, size)
+            starts = jax.tree.map(lambda x: x[perm].reshape((k, self.num_envs // k) + x.shape[1:]), start)
+            return jax.tree.map(to_minibatches, (batch, advantages, targets)) + (starts,)
+        size = self.config.steps_per_update
+        perm = jax.random.permutation(key, size)
 
-            def to_minibatches(x):
-                x = x.reshape((size,) + x.shape[2:])[perm]
-                return x.reshape((k, size // k) + x.shape[1:])
+        def to_minibatches(x):  # [T, N, ...] -> [k, 1, size / k, ...]
+            x = x.reshape((size,) + x.shape[2:])[perm]
+            return x.reshape((k, 1, size // k) + x.shape[1:])
 
-            minibatches = jax.tree.map(to_minibatches, (batch, advantages, targets))
+        return jax.tree.map(to_minibatches, (batch, advantages, targets)) + (jax.tree.map(lambda _: None, start),)
+
+    def _epoch(self, batch_and_targets, cparams, carry, _):
+        params, opt_state, beta, rng = carry
+        batch, advantages, targets, start = batch_and_targets
+        rng, k_perm = jax.random.split(rng)
+        minibatches = self._minibatches(k_perm, batch, advantages, targets, start)
 
         def minibatch_step(inner, mb):
             params, opt_state = inner
@@ -440,22 +273,22 @@ class AlignedPPO:
         lag = self.config.alignment.lagrange
         if not lag.enabled:
             return beta
-        measured = traj.violated.mean() if lag.target == "forbidden_rate" else traj.divergence.mean()
+        measured = traj.step.violated.mean() if lag.target == "forbidden_rate" else traj.divergence.mean()
         return jnp.clip(beta + lag.lr * (measured - lag.budget), 0.0, lag.beta_max)
 
     def update(self, state: TrainState, env_params: Any, cparams: Any) -> tuple[TrainState, dict[str, jax.Array]]:
         """One PPO update: rollout, GAE, epochs of minibatch steps, Lagrange step."""
         ppo = self.config.ppo
-        memory = state.memory  # at the start of the rollout
-        state, rollout = jax.lax.scan(
-            functools.partial(self._env_step, env_params, cparams), state, None, length=ppo.num_steps
-        )
-        traj = self._complete(state.params, cparams, rollout, memory)
+        start = state.rollout.agent_state  # the policy's carry at the start of the rollout
+        carry, steps = self.rollout(state.params).run(env_params, cparams, state.rollout, ppo.num_steps)
+        traj = self._complete(state.params, cparams, steps, start)
         chex.assert_shape(traj.reward, (ppo.num_steps, self.num_envs))
-        advantages, targets = self._advantages(traj)
-        rng, k_epochs = jax.random.split(state.rng)
+        advantages, targets = self._advantages(traj.reward, traj.value, traj.next_value, steps.terminated, steps.done)
+        rng, k_epochs = jax.random.split(carry.rng)
+        batch = LearnBatch(steps.obs, steps.prev_reward, steps.first, steps.action, steps.log_prob, traj.value,
+                           steps.verdict.allowed, steps.verdict.sigma)
         (params, opt_state, _, _), info = jax.lax.scan(
-            functools.partial(self._epoch, (traj, advantages, targets, memory), cparams),
+            functools.partial(self._epoch, (batch, advantages, targets, start), cparams),
             (state.params, state.opt_state, state.beta, k_epochs),
             None,
             length=ppo.update_epochs,
@@ -464,29 +297,29 @@ class AlignedPPO:
         state = state.replace(
             params=params,
             opt_state=opt_state,
-            rng=rng,
+            rollout=carry.replace(rng=rng),
             update=state.update + 1,
             beta=self._lagrange(state.beta, traj),
         )
         metrics = {k: v.mean() for k, v in info.items()}
-        finished = traj.done.astype(jnp.float32)
+        finished = steps.done.astype(jnp.float32)
         metrics.update(
             {
                 "episodes": finished.sum(),
-                "episode_return_sum": traj.finished_return.sum(),
-                "episode_length_sum": traj.finished_length.sum().astype(jnp.float32),
-                "reward": traj.env_reward.mean(),
+                "episode_return_sum": steps.finished_return.sum(),
+                "episode_length_sum": steps.finished_length.sum().astype(jnp.float32),
+                "reward": steps.reward.mean(),
                 "divergence": traj.divergence.mean(),
                 "alignment_reward": alignment_reward(traj.divergence).mean(),
-                "forbidden_rate": traj.violated.mean(),
-                "forbidden_state_rate": traj.in_forbidden_state.mean(),
-                "all_forbidden_rate": traj.all_forbidden.mean(),
+                "forbidden_rate": steps.violated.mean(),
+                "forbidden_state_rate": steps.verdict.in_forbidden_state.mean(),
+                "all_forbidden_rate": steps.verdict.all_forbidden.mean(),
                 "beta": beta_used,
             }
         )
         if self.constitution.invariances:
             metrics["counterfactual_divergence"] = traj.counterfactual_divergence.mean()
-        metrics.update({f"env/{k}": v.mean() for k, v in traj.env_metrics.items()})
+        metrics.update({f"env/{k}": v.mean() for k, v in steps.metrics.items()})
         return state, metrics
 
     def run_updates(self, state: TrainState, env_params: Any, cparams: Any, num_updates: int):

@@ -1,0 +1,170 @@
+"""The agent protocol: what every agent offers the rollout, and the agents that ship.
+
+An :class:`Agent` drives a whole batch of environments::
+
+    state = agent.init(keys)                                             # keys [N]
+    state, action, logits = agent.act(state, obs, reward, first, keys, verdict)
+
+``reward`` is what the previous step paid each environment's agent (0 at the start),
+``first`` marks observations that begin an episode, ``keys`` are one key for the whole
+batch or one per environment, and ``verdict`` is the constitution's
+:class:`~aligned_rl.constitution.Judgement` of the states.  ``logits`` are the agent's own
+logits before any shield, or ``None`` when its action distribution is implicit (the online
+baselines).  ``adaptive`` says whether the rewards an agent is paid can change what it
+does; ``shields`` that it draws its actions from ``constitution.shield(logits, allowed)``.
+
+Shipped: :class:`PolicyAgent` (a trained policy of any network in ``policies``, acting
+without learning) and :class:`BaselineAgent` (an AIQ baseline learning online).
+:func:`load_agent` restores a PPO run's policy without drawing its training environments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+import aligned_rl.envs as envs
+from aligned_rl import baselines
+from aligned_rl.constitution import Judgement, shield
+from aligned_rl.envs import IndexedObservations
+from aligned_rl.train import checkpoint
+from aligned_rl.train.config import CONFIG_FILE, ConfigError, TrainConfig, load_run_config
+from aligned_rl.train.policies import Policy, make_policy
+
+
+class Agent(Protocol):
+    name: str
+    adaptive: bool
+    shields: bool
+
+    def init(self, keys: jax.Array) -> Any: ...
+
+    def act(self, state: Any, obs: jax.Array, reward: jax.Array, first: jax.Array, keys: jax.Array,
+            verdict: Judgement) -> tuple[Any, jax.Array, jax.Array | None]: ...
+
+
+def _one_key_per_row(keys: jax.Array) -> bool:
+    if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        return keys.ndim == 1
+    return keys.ndim == 2
+
+
+def sample_actions(keys: jax.Array, logits: jax.Array) -> jax.Array:
+    """Actions drawn from ``logits`` [N, A]: with one key for the batch, or one key per row."""
+    if _one_key_per_row(keys):
+        return jax.vmap(jax.random.categorical)(keys, logits)
+    return jax.random.categorical(keys, logits)
+
+
+class PolicyAgent(struct.PyTreeNode):
+    """A policy with fixed parameters: draws (or, ``greedy``, takes the most likely) actions.
+    A pytree whose only leaves are the parameters, so it passes through ``jit``."""
+
+    policy: Policy = struct.field(pytree_node=False)
+    params: Any
+    shields: bool = struct.field(pytree_node=False, default=False)
+    greedy: bool = struct.field(pytree_node=False, default=False)
+    name: str = struct.field(pytree_node=False, default="policy")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.policy.adaptive
+
+    def init(self, keys: jax.Array) -> Any:
+        return self.policy.initial_carry(keys.shape[0])
+
+    def act(self, state, obs, reward, first, keys, verdict):
+        state, logits = self.policy.act(self.params, state, obs, reward, first)
+        acting = shield(logits, verdict.allowed) if self.shields else logits
+        action = jnp.argmax(acting, axis=-1) if self.greedy else sample_actions(keys, acting)
+        return self.policy.after_action(state, action), action, logits
+
+
+class BaselineAgent(struct.PyTreeNode):
+    """An AIQ baseline (``aligned_rl.baselines``) learning online in every environment of the
+    batch; it reads observations as an index, so the family must declare
+    :class:`~aligned_rl.envs.IndexedObservations`.  Build it with :meth:`make`."""
+
+    agent: baselines.Baseline = struct.field(pytree_node=False)
+    env: Any = struct.field(pytree_node=False)
+    reward_scale: float = struct.field(pytree_node=False)
+    name: str = struct.field(pytree_node=False)
+    adaptive: bool = struct.field(pytree_node=False, default=True)  # learns from the rewards it is paid
+    shields: bool = struct.field(pytree_node=False, default=False)
+
+    @classmethod
+    def make(cls, name: str, env: Any, num_actions: int, overrides: dict, reward_scale: float) -> "BaselineAgent":
+        if not isinstance(env, IndexedObservations):
+            raise ConfigError(
+                f"the baseline {name!r} reads observations as an index, and environment {env.name!r} declares "
+                "none (it is not an IndexedObservations family); measure a PPO run directory instead"
+            )
+        try:
+            agent = baselines.make_baseline(name, env.num_observations, num_actions, **overrides)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(str(err)) from err
+        return cls(agent, env, reward_scale, name)
+
+    def init(self, keys):
+        return jax.vmap(self.agent.init)(keys)
+
+    def act(self, state, obs, reward, first, keys, verdict):
+        del first, keys, verdict  # AIQ's agents never restart, draw from their own keys, and know no rules
+        index = jax.vmap(self.env.observation_index)(obs)
+        state, action = jax.vmap(self.agent.step)(state, index, reward * self.reward_scale)
+        return state, action, None
+
+
+def restore_policy(run_dir: str | Path, which: str = "latest") -> tuple[Policy, Any, TrainConfig, int]:
+    """(policy, parameters, config, update) of a PPO run's ``which`` checkpoint: the network is
+    built from the run's config and only its parameters are read (no training environments
+    are drawn, no training state is built)."""
+    config = load_run_config(run_dir, ["run.devices=1"])
+    try:
+        env = envs.spec(config.env.name).make()
+    except KeyError as err:
+        raise ConfigError(str(err.args[0])) from err
+    env_params = env.default_params
+    policy = make_policy(config.ppo, int(env.action_space(env_params).n))
+    obs, _ = env.reset(jax.random.PRNGKey(0), env_params)
+    like = jax.eval_shape(policy.init, jax.random.split(jax.random.PRNGKey(0)), obs[None])
+    mngr = checkpoint.manager(run_dir, read_only=True)
+    try:
+        step = checkpoint.find_step(mngr, which)
+        params = checkpoint.restore_params(mngr, step, like)
+    finally:
+        mngr.close()
+    return policy, params, config, step
+
+
+def load_agent(run_dir: str | Path, which: str = "latest", greedy: bool = False) -> PolicyAgent:
+    """The policy of a PPO run's ``which`` ('latest' or 'best') checkpoint, acting as it was
+    trained to (with its shield, if it had one).  Only the parameters are restored."""
+    policy, params, config, _ = restore_policy(run_dir, which)
+    return PolicyAgent(policy, params, shields=config.alignment.shield, greedy=greedy, name=str(run_dir))
+
+
+def make_agent(spec: str, env: Any, num_actions: int, env_name: str, overrides: dict | None = None,
+               reward_scale: float = 100.0) -> Any:
+    """An agent by name: an AIQ baseline (``random``, ``freq``, ``q_lambda``, ``hlq_lambda``)
+    with parameter ``overrides``, or the run directory of a PPO agent trained on ``env_name``."""
+    if spec in baselines.BASELINES:
+        return BaselineAgent.make(spec, env, num_actions, dict(overrides or {}), reward_scale)
+    if Path(spec, CONFIG_FILE).is_file():
+        if overrides:
+            raise ConfigError(f"agent_params {sorted(overrides)} are baseline parameters, and {spec} is a PPO "
+                              "run: they would change nothing; remove them")
+        trained_on = load_run_config(spec).env.name
+        if trained_on != env_name:
+            raise ConfigError(f"{spec} was trained on {trained_on!r}, not on {env_name!r}")
+        try:
+            return load_agent(spec)
+        except FileNotFoundError as err:
+            raise ConfigError(f"{err}: nothing to measure") from err
+    raise ConfigError(
+        f"agent {spec!r} is neither a baseline ({sorted(baselines.BASELINES)}) nor a run directory"
+    )

@@ -83,6 +83,20 @@ def _check(values: np.ndarray, name: str = "values") -> np.ndarray:
     return values
 
 
+def _strata(values, strata, weights: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, stratum per value, weights per stratum), checked: same lengths, weights that
+    are non-negative with a positive sum, strata that index the weights."""
+    v = _check(values)
+    s = np.asarray(strata, dtype=np.int64).reshape(-1)
+    if s.shape != v.shape:
+        raise ValueError(f"values and strata differ in length: {v.size} vs {s.size}")
+    if np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError(f"{name} must be non-negative with a positive sum")
+    if s.min() < 0 or s.max() >= weights.size:
+        raise ValueError(f"strata must index {name} (0..{weights.size - 1})")
+    return v, s, weights
+
+
 def simple_estimate(values: Sequence[float], filtered_mass: float = 0.0) -> Estimate:
     """Mean of i.i.d. per-environment values drawn from the prior."""
     v = _check(values)
@@ -131,15 +145,7 @@ def stratified_estimate(
     Every stratum with mass needs at least two draws (for its variance); strata without
     mass may be empty.
     """
-    v = _check(values)
-    s = np.asarray(strata, dtype=np.int64).reshape(-1)
-    w = np.asarray(stratum_mass, dtype=np.float64)
-    if s.shape != v.shape:
-        raise ValueError(f"values and strata differ in length: {v.size} vs {s.size}")
-    if np.any(w < 0) or w.sum() <= 0:
-        raise ValueError("stratum_mass must be non-negative with a positive sum")
-    if s.min() < 0 or s.max() >= w.size:
-        raise ValueError(f"strata must index stratum_mass (0..{w.size - 1})")
+    v, s, w = _strata(values, strata, np.asarray(stratum_mass, dtype=np.float64), "stratum_mass")
     w = w / w.sum()
     mean, var = 0.0, 0.0
     for h in np.flatnonzero(w > 0):
@@ -211,15 +217,7 @@ def two_phase_stratified_estimate(values: Sequence[float], strata: Sequence[int]
     estimate sum_h w_h mean_h with variance
     sum_h w_h^2 s_h^2 / n_h + (1/M) sum_h w_h (mean_h - mean)^2 (see the module docstring),
     and one row per stratum: n, w, mean, sd (s_h, ddof=1), pool_count."""
-    v = _check(values)
-    s = np.asarray(strata, dtype=np.int64).reshape(-1)
-    m = np.asarray(pool_counts, dtype=np.int64).reshape(-1)
-    if s.shape != v.shape:
-        raise ValueError(f"values and strata differ in length: {v.size} vs {s.size}")
-    if np.any(m < 0) or m.sum() <= 0:
-        raise ValueError("pool_counts must be non-negative with a positive sum")
-    if s.min() < 0 or s.max() >= m.size:
-        raise ValueError(f"strata must index pool_counts (0..{m.size - 1})")
+    v, s, m = _strata(values, strata, np.asarray(pool_counts, dtype=np.int64).reshape(-1), "pool_counts")
     M = int(m.sum())
     w = m / M
     rows, means = [], np.zeros(m.size)

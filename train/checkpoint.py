@@ -87,18 +87,22 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
+def _incompatible(mngr: ocp.CheckpointManager, step: int, what: str, err: Exception) -> ConfigError:
+    reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    return ConfigError(
+        f"checkpoint {step} in {mngr.directory} does not hold the {what} this version of aligned-rl builds "
+        f"from the run's config ({reason}). It was written by an incompatible version: train the run again, "
+        "or restore it with the version named in its metadata."
+    )
+
+
 def restore_state(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
     """Restore the TrainState saved at ``step`` with the structure, dtypes and shardings of ``like``."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     except (ValueError, KeyError, TypeError) as err:
-        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise ConfigError(
-            f"checkpoint {step} in {mngr.directory} does not hold the training state this version of "
-            f"aligned-rl builds from the run's config ({reason}). It was written by an incompatible "
-            "version: train the run again, or restore it with the version named in its metadata."
-        ) from err
+        raise _incompatible(mngr, step, "training state", err) from err
     return restored["state"]
 
 
@@ -111,10 +115,5 @@ def restore_params(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
         restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
             item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract), partial_restore=True))
     except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
-        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise ConfigError(
-            f"checkpoint {step} in {mngr.directory} does not hold the policy parameters this version of "
-            f"aligned-rl builds from the run's config ({reason}). Train the run again, or restore it with "
-            "the version named in its metadata."
-        ) from err
+        raise _incompatible(mngr, step, "policy parameters", err) from err
     return jax.tree.map(jax.numpy.asarray, restored["params"])

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aligned_rl.divergence import DIVERGENCES
+from aligned_rl.train.policies import POLICIES
 
 
 class ConfigError(ValueError):
@@ -226,11 +227,11 @@ def validate(config: TrainConfig) -> None:
     _require(len(ppo.hidden_sizes) >= 1 and all(h > 0 for h in ppo.hidden_sizes),
              f"ppo.hidden_sizes must be a non-empty list of positive widths, got {ppo.hidden_sizes}")
     _require(ppo.activation in ("tanh", "relu"), f"ppo.activation must be 'tanh' or 'relu', got {ppo.activation!r}")
-    _require(ppo.network in ("mlp", "rl2"), f"ppo.network must be 'mlp' or 'rl2', got {ppo.network!r}")
+    _require(ppo.network in POLICIES, f"ppo.network must be one of {sorted(POLICIES)}, got {ppo.network!r}")
     _require(ppo.memory_size >= 1, f"ppo.memory_size must be >= 1, got {ppo.memory_size}")
     _require(
-        ppo.network != "rl2" or env.num_envs % ppo.num_minibatches == 0,
-        f"ppo.network=rl2 learns from whole sequences, so minibatches split the environments: "
+        not POLICIES[ppo.network].needs_sequences or env.num_envs % ppo.num_minibatches == 0,
+        f"ppo.network={ppo.network} learns from whole sequences, so minibatches split the environments: "
         f"env.num_envs = {env.num_envs} does not split into ppo.num_minibatches = {ppo.num_minibatches}; "
         "choose a divisor.",
     )
@@ -297,8 +298,9 @@ def _divergence_used(config: TrainConfig) -> str:
 def _check_effects(config: TrainConfig) -> None:
     """Refuse flags that the rest of the config leaves without effect (see train/ppo.py)."""
     align, lag, cons = config.alignment, config.alignment.lagrange, config.constitution
-    if config.ppo.network == "mlp":
-        _unused(config, "ppo.memory_size", "it is the GRU width of ppo.network=rl2, and ppo.network=mlp has no memory",
+    if config.ppo.network != "rl2":
+        _unused(config, "ppo.memory_size", f"it is the GRU width of ppo.network=rl2, and "
+                f"ppo.network={config.ppo.network} has no memory",
                 "set ppo.network=rl2, or remove ppo.memory_size")
     if not lag.enabled:
         for name in ("target", "budget", "lr", "beta_max"):

@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aligned_rl.codes import elias_gamma_bits
+
 ActionRule = Callable[[jax.Array, Any, jax.Array, Any], jax.Array]
 StateRule = Callable[[Any, Any], jax.Array]
 ObsTransform = Callable[[jax.Array, Any], jax.Array]
@@ -264,17 +266,6 @@ def violates(judgement: Judgement, action: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------ description length
-def elias_gamma_bits(m: int) -> int:
-    """Length in bits of the Elias-gamma code of the integer ``m >= 1``: 2 floor(log2 m) + 1.
-
-    The code writes floor(log2 m) zeros, then m in binary; it is prefix-free over m >= 1.
-    """
-    m = int(m)
-    if m < 1:
-        raise ValueError(f"the Elias-gamma code covers integers >= 1, got {m}")
-    return 2 * (m.bit_length() - 1) + 1
-
-
 def description_bits(constitution: Constitution, family_constitutions: Any) -> int:
     """K(C): the length in bits of a prefix-free code of ``constitution`` among those of its family.
 

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import aligned_rl.envs as envs  # noqa: E402
-from aligned_rl.envs.programs import decode  # noqa: E402
+from aligned_rl.envs.programs_machine import decode  # noqa: E402
 from aligned_rl.train.measure import load_measure_config, measure  # noqa: E402
 from test_baselines import RefQLambda  # noqa: E402
 from test_programs import Reference  # noqa: E402

@@ -13,11 +13,11 @@ A move into a wall leaves the agent where it is (and still costs the step).
 The layout code (what ``K`` measures) is built from three prefix-free pieces, each charged
 exactly ``-log2`` of the probability with which the sampler draws it:
 
-* a size ``s`` in ``[lo, hi]`` by the truncated Elias-gamma code of ``g = s - lo + 1`` over
-  ``1..n`` (``n = hi - lo + 1``): with ``M = floor(log2 n)``, a value with ``j = floor(log2 g)
-  < M`` costs ``2j + 1`` bits (Elias-gamma); the last group ``[2^M, n]`` shares mass
-  ``2^-M`` evenly, so each costs ``M + log2(n - 2^M + 1)`` bits (the terminating bit of its
-  unary prefix is implied).  The Kraft sum is exactly 1, and small worlds are likelier;
+* a size ``s`` in ``[lo, hi]`` by the bounded Elias-gamma code (``aligned_rl.codes``) of
+  ``g = s - lo + 1`` over ``1..n`` (``n = hi - lo + 1``): with ``M = floor(log2 n)``, a value
+  with ``j = floor(log2 g) < M`` costs ``2j + 1`` bits (Elias-gamma); the last group
+  ``[2^M, n]`` shares mass ``2^-M`` evenly, so each costs ``M + log2(n - 2^M + 1)`` bits (the
+  terminating bit of its unary prefix is implied).  The Kraft sum is exactly 1, and small worlds are likelier;
 * a choice of one cell among ``m`` allowed cells: ``log2 m`` bits (uniform);
 * a cell type drawn from a fixed table (e.g. floor 1/2, water 1/4, wall 1/4): ``-log2 p``.
 
@@ -28,7 +28,6 @@ with exactly these probabilities, so a layout is drawn with probability ``2^-K``
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import jax
@@ -131,34 +130,8 @@ def box_penalty(grid: jax.Array, box: jax.Array, box_start: jax.Array) -> jax.Ar
 
 # ----------------------------------------------------------------------------- the layout code
 # The sampler runs on the host in NumPy, vectorised over the n worlds of a batch: it draws
-# each piece of the code with exactly the probability the code charges for it.
-def host_rng(key: jax.Array) -> np.random.Generator:
-    """A NumPy generator seeded by a JAX key (same key, same worlds)."""
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    return np.random.default_rng(np.random.SeedSequence([int(x) for x in np.asarray(key).ravel()]))
-
-
-def size_code_bits(lo: int, hi: int) -> np.ndarray:
-    """Bits of each size lo..hi under the truncated Elias-gamma code (see the module doc)."""
-    n = hi - lo + 1
-    if n < 1:
-        raise ValueError(f"empty size range [{lo}, {hi}]")
-    top = int(math.floor(math.log2(n)))
-    bits = []
-    for g in range(1, n + 1):
-        j = int(math.floor(math.log2(g)))
-        bits.append(2 * j + 1 if j < top else top + math.log2(n - 2**top + 1))
-    return np.asarray(bits, np.float64)
-
-
-def draw_sizes(rng: np.random.Generator, n: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """n side lengths in [lo, hi], each drawn with probability 2^-bits, and their bits."""
-    bits = size_code_bits(lo, hi)
-    index = rng.choice(len(bits), size=n, p=2.0**-bits / np.sum(2.0**-bits))
-    return lo + index, bits[index]
-
-
+# each piece of the code with exactly the probability the code charges for it.  The size code
+# and the host generator are aligned_rl.codes' (bounded_gamma_bits, draw_bounded_gamma, host_rng).
 def draw_cells(rng: np.random.Generator, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each world, one cell uniformly among its ``allowed`` ones ([n, GRID, GRID] bool):
     (row, col) int32[n, 2] and log2(count) bits [n]."""

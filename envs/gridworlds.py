@@ -90,7 +90,9 @@ import jax.numpy as jnp
 import numpy as np
 from gymnax.environments import environment, spaces
 
+from aligned_rl.codes import bounded_gamma_bits, draw_bounded_gamma, host_rng
 from aligned_rl.constitution import Constitution
+from aligned_rl.envs.family import EnvSpec, ParamBatch
 from aligned_rl.envs.gridworld_core import (
     BOX_CORNER_PENALTY,
     FLOOR,
@@ -115,18 +117,15 @@ from aligned_rl.envs.gridworld_core import (
     cell_masks,
     draw_cell_types,
     draw_cells,
-    draw_sizes,
-    host_rng,
     interior_masks,
     move_target,
     one_hot_cell,
     parse_layout,
     render,  # noqa: F401  (re-exported: the inverse of parse_layout)
     route_masks,
-    size_code_bits,
     water_distance,
 )
-from aligned_rl.envs.registry import EnvSpec, ParamBatch, register
+from aligned_rl.envs.registry import register
 
 ISLAND, SOKOBAN, WHISKY_GOLD, SUPERVISOR, SHIFT = "island", "sokoban", "whisky", "supervisor", "shift"
 KINDS = (ISLAND, SOKOBAN, WHISKY_GOLD, SUPERVISOR, SHIFT)
@@ -317,8 +316,8 @@ def sample_layouts(
     if not 2 <= min_side <= max_side <= MAX_SIDE:
         raise ValueError(f"need 2 <= min_side <= max_side <= {MAX_SIDE}, got [{min_side}, {max_side}]")
     rng = host_rng(jax.random.fold_in(key, KINDS.index(kind)))  # the two splits share rooms, kinds do not
-    height, bits_h = draw_sizes(rng, n, min_side, max_side)
-    width, bits_w = draw_sizes(rng, n, min_side, max_side)
+    height, bits_h = draw_bounded_gamma(rng, n, min_side, max_side)
+    width, bits_w = draw_bounded_gamma(rng, n, min_side, max_side)
     interior, ring, inner = interior_masks(height, width)
     place = ring if kind == SUPERVISOR else interior
     start, bits_start = draw_cells(rng, place)
@@ -394,7 +393,7 @@ def description_bits(
     inner = interior & ~ring
     if (grid[~interior] != WALL).any() or (grid[ring] == WALL).any():
         return math.inf  # something outside the room, or a wall on its outer ring
-    sizes = size_code_bits(min_side, max_side)
+    sizes = bounded_gamma_bits(min_side, max_side)
     bits = sizes[height - min_side] + sizes[width - min_side]
     place = ring if kind == SUPERVISOR else interior
     goals = np.argwhere(grid == GOAL)

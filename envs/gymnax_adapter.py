@@ -14,7 +14,7 @@ import gymnax
 from gymnax.environments import spaces
 from gymnax.environments.environment import Environment
 
-from aligned_rl.envs.registry import EnvSpec
+from aligned_rl.envs.family import EnvSpec
 
 
 @functools.lru_cache(maxsize=None)

@@ -105,10 +105,10 @@ warmup             truncated Elias gamma, n in 1..7      8 n steps (8 ... 56)
                    (k_max = 2)
 =================  ====================================  ======================================
 
-Truncated Elias gamma with k_max: n = 2^k + m; the prefix is k zeros and a one ("0^k 1"),
-or k_max zeros with no one when k = k_max, then the k bits of m.  So P(k) = 2^-(k+1) for
-k < k_max and 2^-k_max for k = k_max: the code is complete (Kraft sum 1) and short values
-are likely (half of all markets have no skill gap, half have a warm-up of 8 steps).  Fixed
+Truncated Elias gamma with k_max (``aligned_rl.codes``): n = 2^k + m; the prefix is k zeros
+and a one ("0^k 1"), or k_max zeros with no one when k = k_max, then the k bits of m.  So
+P(k) = 2^-(k+1) for k < k_max and 2^-k_max for k = k_max: the code is complete (Kraft sum 1)
+and short values are likely (half of all markets have no skill gap, half have a warm-up of 8 steps).  Fixed
 fields take 16 bits, so K ranges from 18 to 25 bits.  The family's own name is not coded
 here: K is the length given the family.  Fields outside the code (openings 16, episode
 window 64, skill_sd 1, initial_size 20) are the defaults of ``EnvParams``.
@@ -124,11 +124,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from aligned_rl.envs.registry import EnvSpec, ParamBatch, register
 from flax import struct
 from gymnax.environments import environment, spaces
 
+from aligned_rl.codes import (
+    draw_truncated_gamma,
+    draw_uniform,
+    read_truncated_gamma,
+    truncated_gamma_word,
+    uniform_width,
+)
 from aligned_rl.constitution import Constitution
+from aligned_rl.envs.family import EnvSpec, ParamBatch
+from aligned_rl.envs.registry import register
 
 REJECT, HIRE = 0, 1
 NUM_PROXIES = 2
@@ -392,7 +400,7 @@ BAND_HALF_WIDTHS = np.array([0.1, 0.2, 0.3, 0.4])
 GAP_STEP, GAP_KMAX = 0.25, 2
 WARMUP_STEP, WARMUP_KMAX = 8, 2
 
-# (field, table) for the fixed-length fields, each coded with log2(len(table)) bits
+# (field, table) for the fixed-length fields, each coded with log2(len(table)) bits (uniform code)
 FIXED_FIELDS = (
     ("base_rate", BASE_RATES),
     ("signal_noise", SIGNAL_NOISES),
@@ -405,32 +413,6 @@ FIXED_FIELDS = (
 )
 
 
-def _width(table: np.ndarray) -> int:
-    return len(table).bit_length() - 1
-
-
-def gamma_length(n: int, k_max: int) -> int:
-    """Bits of n >= 1 in the truncated Elias gamma code with prefix cap k_max."""
-    k = int(n).bit_length() - 1
-    return 2 * k + (1 if k < k_max else 0)
-
-
-def _gamma_draw(key: jax.Array, n: int, k_max: int) -> tuple[jax.Array, jax.Array]:
-    """n values of the truncated Elias gamma code drawn bit by bit (fair coins): (values, bits)."""
-    k_prefix, k_mantissa = jax.random.split(key)
-    # leading zeros of 32 fair bits: P(k) = 2^-(k+1), and P(k >= k_max) = 2^-k_max
-    k = jnp.minimum(jax.lax.clz(jax.random.bits(k_prefix, (n,), jnp.uint32)), k_max).astype(jnp.uint32)
-    mantissa = jax.random.bits(k_mantissa, (n,), jnp.uint32) & ((jnp.uint32(1) << k) - 1)
-    value = ((jnp.uint32(1) << k) + mantissa).astype(jnp.int32)
-    k = k.astype(jnp.int32)
-    bits = 2 * k + (k < k_max).astype(jnp.int32)
-    return value, bits
-
-
-def _fixed_draw(key: jax.Array, n: int, width: int) -> jax.Array:
-    return (jax.random.bits(key, (n,), jnp.uint32) >> (32 - width)).astype(jnp.int32)
-
-
 def sample_markets(env: FairHiring, key: jax.Array, n: int) -> ParamBatch:
     """n labour markets from the prefix-free code above, with their lengths K in bits."""
     return _sample_markets(bool(env.masked), key, int(n))
@@ -441,13 +423,13 @@ def _sample_markets(masked: bool, key: jax.Array, n: int) -> ParamBatch:
     keys = jax.random.split(key, len(FIXED_FIELDS) + 3)
     index, bits = {}, jnp.zeros((n,), jnp.int32)
     for (field, table), k in zip(FIXED_FIELDS, keys):
-        index[field] = _fixed_draw(k, n, _width(table))
-        bits += _width(table)
-    gap_n, gap_bits = _gamma_draw(keys[-3], n, GAP_KMAX)
-    sign = jnp.where(_fixed_draw(keys[-2], n, 1) == 1, -1.0, 1.0)
+        index[field] = draw_uniform(k, n, uniform_width(len(table)))
+        bits += uniform_width(len(table))
+    gap_n, gap_bits = draw_truncated_gamma(keys[-3], n, GAP_KMAX)
+    sign = jnp.where(draw_uniform(keys[-2], n, 1) == 1, -1.0, 1.0)
     gap = jnp.where(gap_n > 1, sign, 0.0) * GAP_STEP * (gap_n - 1)
     bits += gap_bits + (gap_n > 1).astype(jnp.int32)
-    warm_n, warm_bits = _gamma_draw(keys[-1], n, WARMUP_KMAX)
+    warm_n, warm_bits = draw_truncated_gamma(keys[-1], n, WARMUP_KMAX)
     bits += warm_bits
 
     def table(field):
@@ -484,12 +466,6 @@ def _grid_index(table: np.ndarray, value: float) -> int:
     return i
 
 
-def _gamma_bits(n: int, k_max: int) -> str:
-    k = int(n).bit_length() - 1
-    prefix = "0" * k + ("1" if k < k_max else "")
-    return prefix + (format(n - (1 << k), f"0{k}b") if k else "")
-
-
 def encode(params: EnvParams) -> str:
     """The codeword (a string of '0'/'1') of one market's sampled fields.  Its length is the K
     that ``sample_markets`` reports; fields outside the code (e.g. openings) are ignored."""
@@ -499,19 +475,19 @@ def encode(params: EnvParams) -> str:
         "proxy_loading_1": p.proxy_loading[1], "proxy_noise": p.proxy_noise, "leave_rate": p.leave_rate,
         "initial_share": p.initial_share, "band_half_width": (p.band_hi - p.band_lo) / 2,
     }
-    code = {f: format(_grid_index(t, float(value[f])), f"0{_width(t)}b") for f, t in FIXED_FIELDS}
+    code = {f: format(_grid_index(t, float(value[f])), f"0{uniform_width(len(t))}b") for f, t in FIXED_FIELDS}
     out = code["base_rate"]
     gap = float(p.skill_mean_1 - p.skill_mean_0)
     n = round(abs(gap) / GAP_STEP) + 1
     if not np.isclose(GAP_STEP * (n - 1), abs(gap), atol=1e-5) or n > (1 << (GAP_KMAX + 1)) - 1:
         raise ValueError(f"skill gap {gap} is not in the code")
-    out += _gamma_bits(n, GAP_KMAX) + (("1" if gap < 0 else "0") if n > 1 else "")
+    out += truncated_gamma_word(n, GAP_KMAX) + (("1" if gap < 0 else "0") if n > 1 else "")
     for f, _ in FIXED_FIELDS[1:]:
         out += code[f]
     warm = int(p.warmup)
     if warm % WARMUP_STEP or not 1 <= warm // WARMUP_STEP <= (1 << (WARMUP_KMAX + 1)) - 1:
         raise ValueError(f"warmup {warm} is not in the code")
-    return out + _gamma_bits(warm // WARMUP_STEP, WARMUP_KMAX)
+    return out + truncated_gamma_word(warm // WARMUP_STEP, WARMUP_KMAX)
 
 
 def decode(bits: str) -> tuple[dict[str, float], str]:
@@ -525,22 +501,16 @@ def decode(bits: str) -> tuple[dict[str, float], str]:
         chunk, pos = bits[pos:pos + count], pos + count
         return chunk
 
-    def gamma(k_max: int) -> int:
-        k = 0
-        while k < k_max and take(1) == "0":
-            k += 1
-        return (1 << k) + (int(take(k), 2) if k else 0)
-
     def fixed(table: np.ndarray) -> float:
-        return float(table[int(take(_width(table)), 2)])
+        return float(table[int(take(uniform_width(len(table))), 2)])
 
     out = {"base_rate": fixed(BASE_RATES)}
-    n = gamma(GAP_KMAX)
+    n = read_truncated_gamma(take, GAP_KMAX)
     sign = (-1.0 if take(1) == "1" else 1.0) if n > 1 else 1.0
     out["skill_gap"] = sign * GAP_STEP * (n - 1)
     for field, table in FIXED_FIELDS[1:]:
         out[field] = fixed(table)
-    out["warmup"] = WARMUP_STEP * gamma(WARMUP_KMAX)
+    out["warmup"] = WARMUP_STEP * read_truncated_gamma(take, WARMUP_KMAX)
     return out, bits[pos:]
 
 

@@ -64,9 +64,9 @@ Where the work happens
 Drawing and simplifying run on the host in NumPy/Python (a ``numpy.random.Generator``
 seeded from the JAX key), because programs have random lengths and rejection needs an
 unbounded number of retries.  The classifying runs are one jitted, vmapped JAX call per
-batch of candidates on the machine of ``programs.py`` (the same cycle the environment
-steps).  The sampler is therefore not jittable; it is called once, when a run is built,
-and is deterministic for a given key.  ``strata=`` restricts the draw to some strata
+batch of candidates on the machine of ``programs_machine.py`` (the same cycle the
+environment steps).  The sampler is therefore not jittable; it is called once, when a run is
+built, and is deterministic for a given key.  ``strata=`` restricts the draw to some strata
 (e.g. ``strata=(1,)`` for copy environments).  Each test run moves from cycle to cycle at its
 own pace inside one flat loop, and the few slow runs are moved into smaller batches as the
 others finish.  About 14% of draws are accepted (step limit 1000): 4096 programs take about
@@ -85,8 +85,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aligned_rl.envs.programs import BFPrograms, Carry, ProgramParams, hash_index, random_symbols
-from aligned_rl.envs.registry import ParamBatch
+from aligned_rl.codes import host_rng
+from aligned_rl.envs.family import ParamBatch
+from aligned_rl.envs.programs_machine import BFInterpreter, Carry, ProgramParams, hash_index, random_symbols
 
 DRAW_ALPHABET = "<>+-,.[]#%"  # the ten equally likely draws; a drawn '#' counts as ']'
 BITS_PER_INSTRUCTION = math.log2(10)  # any instruction but ']' and the final '#'
@@ -172,12 +173,12 @@ class _Runs(NamedTuple):
     actions: jax.Array  # int8[M, cycles]
 
 
-def _unfinished(env: BFPrograms, r: _Runs) -> jax.Array:
+def _unfinished(env: BFInterpreter, r: _Runs) -> jax.Array:
     return r.in_cycle | (~r.frozen & (r.t < r.rewards.shape[1]))
 
 
 @functools.lru_cache(maxsize=None)
-def _run_kernels(env: BFPrograms, cycles: int):
+def _run_kernels(env: BFInterpreter, cycles: int):
     """Jitted (start, advance) for test runs against random actions.
 
     Every run is a machine of one flat batch that goes from cycle to cycle at its own pace
@@ -244,7 +245,7 @@ def _bucket(size: int) -> int:
     return max(64, 1 << (size - 1).bit_length())
 
 
-def test_runs(env: BFPrograms, params: ProgramParams, key: jax.Array, runs: int = 5, cycles: int = 200,
+def test_runs(env: BFInterpreter, params: ProgramParams, key: jax.Array, runs: int = 5, cycles: int = 200,
               first_iters: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run every program of ``params`` (leading axis B) ``runs`` times for ``cycles`` cycles
     against random actions: (overtime bool[B], rewards int8[B, runs, cycles], actions int8[B, runs, cycles])."""
@@ -301,7 +302,7 @@ def length_stratum(length: int) -> int:
     return 20
 
 
-def classify(env: BFPrograms, programs: Sequence[str], key: jax.Array, runs: int = 5, cycles: int = 200,
+def classify(env: BFInterpreter, programs: Sequence[str], key: jax.Array, runs: int = 5, cycles: int = 200,
              max_batch: int = 2048) -> np.ndarray:
     """AIQ's stratum of each (already simplified) program: -1 overtime, 0 passive, 1..20 active,
     ``TOO_LONG`` if it does not fit ``env.max_program_len``."""
@@ -378,13 +379,7 @@ class SampleReport:
         }
 
 
-def _rng(key: jax.Array) -> np.random.Generator:
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
-
-
-def sample_programs(env: BFPrograms, key: jax.Array, n: int, strata: Sequence[int] | None = None,
+def sample_programs(env: BFInterpreter, key: jax.Array, n: int, strata: Sequence[int] | None = None,
                     runs: int = 5, cycles: int = 200, max_draws: int = 10_000_000) -> tuple[ParamBatch, SampleReport]:
     """``n`` active programs from the prior (restricted to ``strata`` if given) and a report."""
     if n < 1:
@@ -392,7 +387,7 @@ def sample_programs(env: BFPrograms, key: jax.Array, n: int, strata: Sequence[in
     wanted = set(ACTIVE_STRATA if strata is None else strata)
     if not wanted <= set(ACTIVE_STRATA):
         raise ValueError(f"strata must be among the active strata 1..20, got {sorted(wanted)}")
-    rng = _rng(key)
+    rng = host_rng(key)
     outcomes = {"passive": 0, "overtime": 0, "too long": 0, "active": 0, "other strata": 0}
     strata_counts: dict[int, int] = {}
     words: list[str] = []
@@ -434,17 +429,17 @@ def sample_programs(env: BFPrograms, key: jax.Array, n: int, strata: Sequence[in
     return ParamBatch(params, jnp.asarray(bits), report.filtered_mass), report
 
 
-def sample_params(env: BFPrograms, key: jax.Array, n: int) -> ParamBatch:
+def sample_params(env: BFInterpreter, key: jax.Array, n: int) -> ParamBatch:
     """The registry's sampler: ``n`` active programs from the prior, K in bits each."""
     batch, _ = sample_programs(env, key, n)
     return batch
 
 
-def prior_diagnostics(env: BFPrograms, key: jax.Array, draws: int = 4096, runs: int = 5,
+def prior_diagnostics(env: BFInterpreter, key: jax.Array, draws: int = 4096, runs: int = 5,
                       cycles: int = 200) -> dict:
     """Classify ``draws`` code words from the prior: acceptance rate, filtered mass (with its
     standard error, by reason) and the distribution over AIQ's strata."""
-    rng = _rng(key)
+    rng = host_rng(key)
     words = draw_words(rng, draws)
     programs = [simplify(w) for w in words]
     codes = classify(env, programs, jax.random.fold_in(key, 0), runs, cycles)

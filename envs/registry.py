@@ -1,56 +1,26 @@
 """The environment registry: names -> environments, their parameter batches and constitutions.
 
-Every environment is a gymnax ``Environment``; every difference between instances lives
-in its ``EnvParams`` pytree, so the learner vmaps one compiled step over a batch of params.
-A registered :class:`EnvSpec` says how to build the environment, how to draw a batch of
-``n`` params from the family's prior, and which constitutions ship with it.  Any
-environment gymnax registers can be named too (``gymnax_adapter``).
-
-A sampler returns a :class:`ParamBatch`: the params and, for each, its description length
-K in bits under the family's prefix-free code, so that drawing by the sampler is drawing
-with probability 2^-K.  A family with a single fixed instance (a plain gymnax task) has
-K = 0: the prior puts all its mass on that one environment.
+A family registers its :class:`EnvSpec` (``family.py``: how to build the environment, how to
+draw a :class:`ParamBatch` of ``n`` params with their description lengths K in bits, which
+constitutions ship with it).  Any environment gymnax registers can be named too
+(``gymnax_adapter``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 from gymnax.environments.environment import Environment
 
 from aligned_rl.constitution import UNCONSTRAINED, Constitution
+from aligned_rl.envs.family import EnvSpec, ParamBatch, ParamSampler, broadcast_params
+from aligned_rl.envs.gymnax_adapter import gymnax_names, gymnax_spec
 
-class ParamBatch(NamedTuple):
-    """``n`` environment instances drawn from a family's prior."""
-
-    params: Any  # EnvParams pytree, every leaf with a leading axis of size n
-    bits: jax.Array  # float32[n]: description length K of each instance, in bits
-    filtered_mass: float = 0.0  # prior mass the sampler filtered out (e.g. passive programs)
-
-
-ParamSampler = Callable[[Environment, jax.Array, int], ParamBatch]
-
-
-def broadcast_params(env: Environment, key: jax.Array, n: int) -> ParamBatch:
-    """n identical copies of the environment's default params (K = 0 bits each)."""
-    del key
-    params = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (n,) + jnp.shape(x)), env.default_params)
-    return ParamBatch(params, jnp.zeros((n,), jnp.float32))
-
-
-@dataclasses.dataclass(frozen=True)
-class EnvSpec:
-    """How to make one environment family and what ships with it."""
-
-    name: str
-    make: Callable[[], Environment]
-    constitutions: dict[str, Callable[[], Constitution]] = dataclasses.field(default_factory=dict)
-    sample_params: ParamSampler = broadcast_params
-    description: str = ""
-
+__all__ = [
+    "EnvSpec", "ParamBatch", "ParamSampler", "broadcast_params", "constitution", "list_envs", "make",
+    "register", "registered_families", "sample", "spec",
+]
 
 _REGISTRY: dict[str, EnvSpec] = {}
 
@@ -66,8 +36,6 @@ def spec(name: str) -> EnvSpec:
     """The spec for ``name``: a registered family, or any environment gymnax knows."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    from aligned_rl.envs.gymnax_adapter import gymnax_spec, gymnax_names
-
     if name in gymnax_names():
         return gymnax_spec(name)
     raise KeyError(
@@ -96,8 +64,6 @@ def registered_families() -> list[str]:
 
 
 def list_envs() -> list[str]:
-    from aligned_rl.envs.gymnax_adapter import gymnax_names
-
     return sorted(set(_REGISTRY) | set(gymnax_names()))
 
 

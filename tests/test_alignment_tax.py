@@ -12,7 +12,8 @@ import pytest
 
 import aligned_rl.envs as envs
 from aligned_rl.cli import main
-from aligned_rl.constitution import Constitution, description_bits, elias_gamma_bits
+from aligned_rl.codes import elias_gamma_bits
+from aligned_rl.constitution import Constitution, description_bits
 from aligned_rl.train.alignment_tax import (
     constitution_code_bits,
     estimation_units,

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 import aligned_rl.envs as envs
+from aligned_rl import codes
 from aligned_rl.envs.registry import broadcast_params
 
 
@@ -51,3 +52,27 @@ def test_vmapped_step_over_params_equals_a_loop():
         o_i, *_ = env.step(keys[i], s_i, actions[i], p_i)
         assert jnp.allclose(o_i, vobs[i])
     assert not jnp.allclose(vobs[0], vobs[2])  # different params, different dynamics
+
+
+def test_indexed_observations_is_declared_not_probed():
+    env, params = envs.make("BF-programs")
+    assert isinstance(env, envs.IndexedObservations) and env.num_observations == 5
+    assert not isinstance(envs.make("CartPole-v1")[0], envs.IndexedObservations)
+    obs, _ = env.reset(jax.random.PRNGKey(0), params)
+    index = jax.jit(env.observation_index)(obs)
+    assert index.shape == () and index.dtype == jnp.int32 and int(index) == env.mid
+    with pytest.raises(TypeError):
+        envs.IndexedObservations()
+
+
+def test_truncated_gamma_is_the_bounded_gamma_over_a_whole_last_block():
+    for k_max in range(1, 5):
+        top = (1 << (k_max + 1)) - 1
+        bounded = codes.bounded_gamma_bits(1, top)
+        for m in range(1, top + 1):
+            word = codes.truncated_gamma_word(m, k_max)
+            assert codes.truncated_gamma_bits(m, k_max) == len(word) == bounded[m - 1]
+            rest = iter(word + "1")
+            assert codes.read_truncated_gamma(lambda k: "".join(next(rest) for _ in range(k)), k_max) == m
+            assert "".join(rest) == "1"
+    assert codes.elias_gamma_bits(5) == codes.truncated_gamma_bits(5, k_max=3) == 5

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import aligned_rl.envs as envs
+from aligned_rl.codes import bounded_gamma_bits as size_code_bits
 from aligned_rl.constitution import judge
 from aligned_rl.envs import gridworlds as gw  # registers the families
 from aligned_rl.envs.gridworld_core import (
@@ -24,7 +25,6 @@ from aligned_rl.envs.gridworld_core import (
     WHISKY,
     GridParams,
     parse_layout,
-    size_code_bits,
 )
 from aligned_rl.train.config import load_config
 from aligned_rl.train.loop import build, initial_state

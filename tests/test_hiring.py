@@ -15,6 +15,7 @@ from aligned_rl.train.config import load_config
 from aligned_rl.train.loop import build
 from conftest import REPO
 
+from aligned_rl.codes import truncated_gamma_bits
 from aligned_rl.constitution import judge
 
 HIRING = str(REPO / "configs" / "hiring.yaml")
@@ -220,7 +221,7 @@ def test_the_counterfactual_is_the_same_candidate_in_the_other_group():
 
 
 def _gamma_lengths(k_max: int) -> dict[int, int]:
-    return {n: H.gamma_length(n, k_max) for n in range(1, 1 << (k_max + 1))}
+    return {n: truncated_gamma_bits(n, k_max) for n in range(1, 1 << (k_max + 1))}
 
 
 def test_market_code_is_complete_and_lengths_match_the_codewords():

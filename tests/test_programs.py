@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import aligned_rl.envs.programs as programs  # registers BF-programs
+import aligned_rl.envs.programs_machine as machine
 from aligned_rl.envs import programs_sampler as sampler
 from aligned_rl.envs.programs import BFPrograms
 from aligned_rl.envs.registry import ParamBatch, spec
@@ -257,9 +258,9 @@ def test_even_symbol_count_and_several_observation_cells():
 def test_program_encoding_and_validation():
     env = BFPrograms(max_program_len=8)
     p = env.program_params("[+[-]]#")
-    assert programs.decode(p.program, p.length) == "[+[-]]#"
+    assert machine.decode(p.program, p.length) == "[+[-]]#"
     assert list(np.asarray(p.match)[:6]) == [5, 0, 4, 0, 2, 0]
-    assert int(p.program[8]) == programs.HALT  # padding ends the cycle
+    assert int(p.program[8]) == machine.HALT  # padding ends the cycle
     for bad in ("[", "]", "+x", "+" * 9):
         with pytest.raises(ValueError):
             env.program_params(bad)
@@ -388,7 +389,7 @@ def test_sampler_returns_active_programs_with_their_bits_and_strata():
     assert np.array_equal(np.asarray(batch.params.stratum), report.strata)
     assert all(1 <= s <= 20 for s in report.strata)
     assert all("," in p and "." in p for p in report.programs)
-    assert [programs.decode(c, n) for c, n in zip(batch.params.program, batch.params.length)] == report.programs
+    assert [machine.decode(c, n) for c, n in zip(batch.params.program, batch.params.length)] == report.programs
     # the draws that were rejected are the filtered mass; with no strata restriction the rest is accepted
     # (the last round may accept more than needed: those count as drawn and active)
     assert report.filtered_mass + report.outcomes["active"] / report.drawn == pytest.approx(1.0)

@@ -259,6 +259,12 @@ def forbidden_action_mask(
     return judge(constitution, params, env, env_params, step_key, obs, state, num_actions).forbidden
 
 
+def shield(logits: jax.Array, allowed: jax.Array) -> jax.Array:
+    """Forbidden actions get -inf logits, so a policy drawing from the result never takes one
+    (sigma's fallback keeps at least one action allowed in every state)."""
+    return jnp.where(allowed, logits, -jnp.inf)
+
+
 def violates(judgement: Judgement, action: jax.Array) -> jax.Array:
     """bool[B]: the action taken ([B] ints) is one sigma does not allow (the least-bad fallback
     counts as allowed where every action is forbidden)."""

@@ -251,6 +251,8 @@ class Baseline:
     num_actions: int
 
     name: ClassVar[str] = ""
+    # whether the agent's actions depend on the observation (else any family will do: num_obs = 1)
+    reads_observations: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         for field in ("num_obs", "num_actions"):
@@ -295,6 +297,7 @@ class RandomAgent(Baseline):
     """Uniformly random actions; observations and rewards are ignored."""
 
     name: ClassVar[str] = "random"
+    reads_observations: ClassVar[bool] = False
 
     def step(self, state, obs, reward):
         u = step_uniforms(state.key, state.t)
@@ -309,6 +312,7 @@ class Freq(Baseline):
     epsilon: float = 0.05
 
     name: ClassVar[str] = "freq"
+    reads_observations: ClassVar[bool] = False
 
     def _validate(self):
         _check_fraction("epsilon", self.epsilon, 0.0, 1.0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -67,6 +68,16 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        # the reader stopped reading (`aligned-rl envs | head`): end quietly, as command-line tools do,
+        # with stdout pointed at devnull so that the interpreter's last flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     # Imports after parsing so that `--help` is instant.
     from aligned_rl.train.config import ConfigError, load_config, to_yaml
 
@@ -127,6 +138,12 @@ def _train(args: argparse.Namespace) -> int:
     try:
         if args.resume:
             config = load_run_config(args.resume, args.overrides)
+            told = any(o.split("=", 1)[0] == "run.stop_at_update" for o in args.overrides)
+            if config.run.stop_at_update and not told:
+                print(f"resuming {args.resume} to the end ({config.num_updates} updates): the saved "
+                      f"run.stop_at_update={config.run.stop_at_update} stopped the earlier run; pass "
+                      "run.stop_at_update=N to stop again")
+                config.run.stop_at_update = 0
         else:
             config = load_config(args.config, args.overrides)
         summary = train(config, resume=bool(args.resume), force=args.force)

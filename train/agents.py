@@ -86,35 +86,42 @@ class PolicyAgent(struct.PyTreeNode):
 
 class BaselineAgent(struct.PyTreeNode):
     """An AIQ baseline (``aligned_rl.baselines``) learning online in every environment of the
-    batch; it reads observations as an index, so the family must declare
-    :class:`~aligned_rl.envs.IndexedObservations`.  Build it with :meth:`make`."""
+    batch.  Those that read observations (Q(lambda), HLQ(lambda)) read them as an index, so
+    the family must declare :class:`~aligned_rl.envs.IndexedObservations`; Random and Freq run
+    on any family with discrete actions.  Build it with :meth:`make`."""
 
     agent: baselines.Baseline = struct.field(pytree_node=False)
     env: Any = struct.field(pytree_node=False)
     reward_scale: float = struct.field(pytree_node=False)
     name: str = struct.field(pytree_node=False)
+    indexed: bool = struct.field(pytree_node=False, default=True)  # observations read through the family's index
     adaptive: bool = struct.field(pytree_node=False, default=True)  # learns from the rewards it is paid
     shields: bool = struct.field(pytree_node=False, default=False)
 
     @classmethod
     def make(cls, name: str, env: Any, num_actions: int, overrides: dict, reward_scale: float) -> "BaselineAgent":
-        if not isinstance(env, IndexedObservations):
+        indexed = isinstance(env, IndexedObservations)
+        if not indexed and baselines.BASELINES[name].reads_observations:
             raise ConfigError(
                 f"the baseline {name!r} reads observations as an index, and environment {env.name!r} declares "
-                "none (it is not an IndexedObservations family); measure a PPO run directory instead"
+                "none (it is not an IndexedObservations family); measure a PPO run directory, or a baseline "
+                "that ignores observations (random, freq)"
             )
         try:
-            agent = baselines.make_baseline(name, env.num_observations, num_actions, **overrides)
+            agent = baselines.make_baseline(name, env.num_observations if indexed else 1, num_actions, **overrides)
         except (TypeError, ValueError) as err:
             raise ConfigError(str(err)) from err
-        return cls(agent, env, reward_scale, name)
+        return cls(agent, env, reward_scale, name, indexed)
 
     def init(self, keys):
         return jax.vmap(self.agent.init)(keys)
 
     def act(self, state, obs, reward, first, keys, verdict):
         del first, keys, verdict  # AIQ's agents never restart, draw from their own keys, and know no rules
-        index = jax.vmap(self.env.observation_index)(obs)
+        if self.indexed:
+            index = jax.vmap(self.env.observation_index)(obs)
+        else:  # the agent ignores observations: one index for all of them
+            index = jnp.zeros((reward.shape[0],), jnp.int32)
         state, action = jax.vmap(self.agent.step)(state, index, reward * self.reward_scale)
         return state, action, None
 

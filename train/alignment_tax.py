@@ -32,9 +32,9 @@ For each agent, five quantities, each a mean over the prior with its 95% confide
   V' = average of (1 - w) r_t + w 2^-D_t, as ``aligned-rl measure`` defines it.
 * **forbidden-action rate** in mu.
 
-With ``antithetic`` every environment also runs as its twin with negated rewards (only for
-agents that adapt to rewards: a fixed policy scores exactly 0 on every pair, so the command
-refuses it; measure a PPO pair with ``measure.antithetic=false``); the unit
+With ``measure.antithetic`` every environment also runs as its twin with negated rewards (only
+for agents that adapt to rewards: a fixed policy scores exactly 0 on every pair, so the command
+refuses it; by default twins are used when both agents adapt to rewards); the unit
 of estimation is then the pair mean (for every column, the forbidden rate included: the
 twins share their random numbers, so they are not independent draws), and the paired
 difference is the difference of pair means.  Prior mass the sampler filtered out is
@@ -67,7 +67,7 @@ from aligned_rl.constitution import description_bits
 from aligned_rl.intelligence import estimation_units, paired_difference, simple_estimate
 from aligned_rl.train.agents import make_agent
 from aligned_rl.train.config import ConfigError, check_ranges, merge_layers
-from aligned_rl.train.measure import draw_environments, measure
+from aligned_rl.train.measure import draw_environments, measure, resolve_antithetic
 from aligned_rl.train.measure_config import MeasureConfig, check_measure_config
 from aligned_rl.train.measure_report import write_measurement
 
@@ -89,7 +89,7 @@ COLUMN_MEANING = {
 
 
 def _tax_measure() -> MeasureConfig:
-    return MeasureConfig(num_envs=1024, antithetic=False)
+    return MeasureConfig(num_envs=1024)
 
 
 # set by the tax command for each agent and run: a measure config that sets them changes nothing
@@ -211,13 +211,10 @@ def alignment_tax(config: TaxConfig) -> dict:
         except ValueError as err:  # e.g. a checkpoint whose parameters this code no longer matches
             raise ConfigError(f"{role}={getattr(config, role)}: cannot load the agent: "
                               f"{str(err).strip().splitlines()[0]} (retrain it with this version)") from err
-    if m.antithetic:
-        blind = [getattr(config, r) for r in ROLES if not agents[r].adaptive]
-        if blind:
-            raise ConfigError(
-                f"{blind[0]} does not adapt to the rewards it is paid (a feed-forward policy): in an "
-                "environment's reward-negated antithetic twin it acts the same and scores exactly the "
-                "negative, so every pair averages 0 and the comparison says nothing; set measure.antithetic=false")
+    # both agents are measured with the same units: twins only if both adapt to rewards
+    antithetic, _ = resolve_antithetic(m.antithetic, list(agents.values()), "measure.antithetic")
+    config = dataclasses.replace(config, measure=dataclasses.replace(m, antithetic=antithetic))
+    m = config.measure
     # one draw of the environments, shared by every run
     sampled = draw_environments(m)
     batch = sampled[1]

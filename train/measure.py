@@ -25,8 +25,8 @@ Per environment and agent the run records, over ``episode_length`` steps of one 
   paid r^C with ``paid_reward=constrained`` (a second run) for its value in mu^C;
 * the forbidden-action rate.
 
-With ``antithetic`` every environment is also run as its twin with negated rewards, and
-pairs are averaged (``aligned_rl.intelligence.antithetic_estimate``); the unit of every
+With ``antithetic`` every environment is also run as its twin with negated rewards (by
+default for agents that adapt to rewards; refused for those that do not), and pairs are averaged (``aligned_rl.intelligence.antithetic_estimate``); the unit of every
 estimate is then the pair.  ``sampling=stratified`` is two-phase stratified sampling
 (``stratified``).  ``devices`` and the multi-host keys split the environments over a mesh
 (``measure_runner``; docs/multi_host.md); call ``devices.start_distributed`` before anything
@@ -94,6 +94,22 @@ def estimated(config: MeasureConfig) -> dict[str, str]:
     return names
 
 
+def resolve_antithetic(setting: bool | None, agents: list[Any], key: str = "antithetic") -> tuple[bool, str]:
+    """(whether to run antithetic twins, why) for ``agents`` measured alike: by default on when
+    every agent adapts to the rewards it is paid; refused for an agent that does not."""
+    if setting is None:
+        adaptive = all(a.adaptive for a in agents)
+        return adaptive, ("default: the agent adapts to rewards" if adaptive else
+                          "default: off, an agent does not adapt to rewards")
+    blind = [a.name for a in agents if not a.adaptive]
+    if setting and blind:
+        raise ConfigError(
+            f"{blind[0]} does not adapt to the rewards it is paid (a feed-forward policy): in an environment's "
+            "reward-negated antithetic twin it acts the same and scores exactly the negative, so every pair "
+            f"averages 0 and says nothing; set {key}=false (or leave it unset)")
+    return bool(setting), "set in the config"
+
+
 def _with_episode_length(params: Any, length: int) -> Any:
     if hasattr(params, "max_steps_in_episode"):
         # one episode of `length` steps per environment, no reset inside the measurement
@@ -145,6 +161,8 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
     if not isinstance(agent, BaselineAgent) and config.agent_reward_scale != MeasureConfig().agent_reward_scale:
         raise ConfigError(f"agent_reward_scale={config.agent_reward_scale} has no effect: only the AIQ baselines "
                           f"are paid scaled rewards, and {agent.name} is not one; remove it")
+    antithetic, antithetic_source = resolve_antithetic(config.antithetic, [agent])
+    config = dataclasses.replace(config, antithetic=antithetic)
     mesh = devices.device_mesh(config.devices, "devices", across_processes=True)
     all_params = _with_episode_length(batch.params, config.episode_length)
     runner = EnvRunner(config, agent, env, all_params, constitution, mesh)
@@ -168,6 +186,7 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
         "constitution": config.constitution,
         "num_envs": n,
         "antithetic": config.antithetic,
+        "antithetic_source": antithetic_source,
         "episode_length": config.episode_length,
         "seed": config.seed,
         "mean_description_bits": float(np.mean(np.asarray(batch.bits))),

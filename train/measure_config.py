@@ -24,7 +24,9 @@ class MeasureConfig:
     num_envs: int = 4096  # environments run (antithetic pairs with antithetic)
     episode_length: int = 1000
     gamma: float = 0.99  # for the discounted value
-    antithetic: bool = True
+    # with twins whose rewards are negated; default (null): on for an agent that adapts to rewards, off
+    # for one that does not (a fixed policy acts the same in both twins: every pair would average 0)
+    antithetic: Optional[bool] = None
     constitution: str = "none"  # a constitution of the family, for V', V^C and the forbidden rate
     paid_reward: str = "env"  # what the agent is paid: "env" (r) or "constrained" (r^C, -1 for a forbidden action)
     alignment_weight: float = 0.5  # w in V' = (1 - w) r + w 2^-D

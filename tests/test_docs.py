@@ -200,7 +200,7 @@ def check_aligned_rl(args: list[str]) -> None:
 
         config = load_measure_config(ns.config, ns.overrides)
         _check_constitution(config.env, config.constitution)
-        if config.agent in BASELINES:
+        if config.agent in BASELINES and BASELINES[config.agent].reads_observations:
             assert isinstance(envs.spec(config.env).make(), envs.IndexedObservations), \
                 f"the baseline {config.agent} cannot run in {config.env}"
         if config.sampling == "simple":

@@ -1,8 +1,8 @@
 """Environment steps per second at 4096 environments, for every registered family, with
 gymnax's CartPole-v1 measured in the same run as the reference.
 
-    python bench/env_steps.py                       # all registered families
-    python bench/env_steps.py --envs 4096 --steps 200 --families CartPole-v1 BF-programs
+    python -m bench.env_steps                       # all registered families
+    python -m bench.env_steps --envs 4096 --steps 200 --families CartPole-v1 BF-programs
 
 For each family: draw ``--envs`` instances from its sampler, reset them, and time a jitted
 ``lax.scan`` of ``--steps`` vmapped steps with uniformly random actions (compile excluded,
@@ -115,7 +115,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "command": "python bench/env_steps.py " + " ".join(f"--{k} {v}" for k, v in (("envs", args.envs), ("steps", args.steps), ("repeats", args.repeats))),
+        "command": "python -m bench.env_steps " + " ".join(f"--{k} {v}" for k, v in (("envs", args.envs), ("steps", args.steps), ("repeats", args.repeats))),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "device": str(jax.devices()[0]), "jax": jax.__version__},
         "rows": rows,

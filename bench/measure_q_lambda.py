@@ -1,16 +1,17 @@
 """Agent-environment steps per second of the JAX estimator against plain Python, in one run.
 
-    python bench/measure_q_lambda.py                 # 4096 programs x 1000 steps in JAX
-    python bench/measure_q_lambda.py --envs 1024 --reference-envs 8
+    python -m bench.measure_q_lambda                 # 4096 programs x 1000 steps in JAX
+    python -m bench.measure_q_lambda --envs 1024 --reference-envs 8
 
 JAX: Watkins Q(lambda) (AIQ's defaults) learning online in every one of ``--envs`` programs
 drawn from the BF-programs prior, ``--steps`` steps each, one compiled program
 (``aligned-rl measure``'s runner; compile excluded, blocked until ready).  Plain Python: the
-same machine and the same agent, written in plain Python for the test suite
-(``tests/test_programs.py: Reference`` and ``tests/test_baselines.py: RefQLambda``; they need
-the test extras installed), run on the first ``--reference-envs`` of the same programs for the
-same number of steps.  Steps per second is a rate, so the two are comparable although the
-reference runs fewer programs.  Writes ``bench/results/measure_q_lambda.json``.
+same machine and the same agent, written in plain Python as the test suite's oracles
+(``tests.reference.bf_machine.BFMachine`` and ``tests.reference.aiq_agents.RefQLambda``), run
+on the first ``--reference-envs`` of the same programs for the same number of steps.  Steps
+per second is a rate, so the two are comparable although the reference runs fewer programs.
+Writes ``bench/results/measure_q_lambda.json``.  Run it from the repository root, as a
+module, so that ``tests.reference`` imports.
 """
 
 from __future__ import annotations
@@ -20,28 +21,27 @@ import json
 import os
 import platform
 import random
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+import aligned_rl.envs as envs
+from aligned_rl.envs.programs_machine import decode
+from aligned_rl.train.measure import measure
+from aligned_rl.train.measure_config import load_measure_config
+from tests.reference.aiq_agents import RefQLambda
+from tests.reference.bf_machine import BFMachine
 
-import aligned_rl.envs as envs  # noqa: E402
-from aligned_rl.envs.programs_machine import decode  # noqa: E402
-from aligned_rl.train.measure import load_measure_config, measure  # noqa: E402
-from test_baselines import RefQLambda  # noqa: E402
-from test_programs import Reference  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 Q_LAMBDA_DEFAULTS = dict(init_q=50.0, lam=0.5, alpha=0.5, epsilon=0.05, gamma=0.9)
 
 
 def run_reference(program: str, steps: int, num_symbols: int, rng: random.Random) -> float:
     """Q(lambda) against the plain-Python machine for ``steps`` cycles; returns the mean reward."""
-    machine = Reference(program, n=num_symbols)
+    machine = BFMachine(program, n=num_symbols)
     agent = RefQLambda(num_symbols, num_symbols, **Q_LAMBDA_DEFAULTS)
     reward, obs, total = 0.0, (num_symbols - 1) // 2, 0.0
     for _ in range(steps):
@@ -67,9 +67,9 @@ def main() -> None:
     print(f"sampled {args.envs} programs in {time.perf_counter() - start:.0f}s (not timed below)")
     config = load_measure_config(None, [
         "agent=q_lambda", f"num_envs={args.envs}", f"episode_length={args.steps}", "antithetic=false",
-        f"seed={args.seed}", "progress=false", "output=/tmp/aligned-rl-bench-measure", f"buckets={args.buckets}",
+        f"seed={args.seed}", "progress=false", f"buckets={args.buckets}",
     ])
-    report = measure(config, sampled=(env, batch))
+    report = measure(config, sampled=(env, batch)).report
     jax_sps = report["agent_env_steps_per_second"]
 
     programs = [decode(batch.params.program[i], batch.params.length[i]) for i in range(args.reference_envs)]
@@ -88,7 +88,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "command": f"python bench/measure_q_lambda.py --envs {args.envs} --steps {args.steps} "
+        "command": f"python -m bench.measure_q_lambda --envs {args.envs} --steps {args.steps} "
                    f"--reference-envs {args.reference_envs}",
         "jax_steps_per_second": jax_sps, "python_steps_per_second": python_sps, "ratio": ratio,
         "jax_upsilon": report["estimates"]["upsilon_average_reward"],

@@ -2,9 +2,9 @@
 
 Run from the repository root with the project's environment active:
 
-    python bench/ppo_cartpole.py                     # everything, defaults below
-    python bench/ppo_cartpole.py --repeats 3         # median of 3 runs per entry
-    python bench/ppo_cartpole.py --skip sb3          # leave out a peer (ours, ours-none, rejax, sb3)
+    python -m bench.ppo_cartpole                     # everything, defaults below
+    python -m bench.ppo_cartpole --repeats 3         # median of 3 runs per entry
+    python -m bench.ppo_cartpole --skip sb3          # leave out a peer (ours, ours-none, rejax, sb3)
 
 Every entry trains PPO with the same hyperparameters (64 envs, 128 steps per rollout, 4 epochs,
 4 minibatches, lr 2.5e-4, gamma 0.99, GAE lambda 0.95, clip 0.2, entropy 0.01, value 0.5,

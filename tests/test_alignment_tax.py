@@ -24,7 +24,8 @@ from aligned_rl.train.alignment_tax import (
 )
 from aligned_rl.train.config import ConfigError
 
-from conftest import REPO, TINY
+from tests.conftest import REPO, TINY
+from tests.reference.estimators import mean_ci95, pair_means
 
 Z95 = 1.959963984540054
 
@@ -113,18 +114,18 @@ def test_paired_difference_against_numpy(antithetic):
 # ------------------------------------------------------------------------------ the command
 def test_bad_tax_input_is_refused(capsys):
     with pytest.raises(ConfigError, match="unknown key"):
-        load_tax_config(None, ["aligned=random", "unaligned=q_lambda", "constitution=no_low_symbols", "seeed=1"])
+        load_tax_config(None, ["aligned=random", "unaligned=q_lambda", "measure.constitution=no_low_symbols", "seeed=1"])
     with pytest.raises(ConfigError, match="unaligned not given"):
-        load_tax_config(None, ["aligned=random", "constitution=no_low_symbols"])
-    with pytest.raises(ConfigError, match="constitution=none"):
-        load_tax_config(None, ["aligned=random", "unaligned=q_lambda", "constitution=none"])
+        load_tax_config(None, ["aligned=random", "measure.constitution=no_low_symbols"])
+    with pytest.raises(ConfigError, match="measure.constitution=none"):
+        load_tax_config(None, ["aligned=random", "unaligned=q_lambda", "measure.constitution=none"])
     with pytest.raises(ConfigError, match="constitution_bits"):
-        load_tax_config(None, ["aligned=random", "unaligned=q_lambda", "constitution=no_low_symbols",
+        load_tax_config(None, ["aligned=random", "unaligned=q_lambda", "measure.constitution=no_low_symbols",
                                "constitution_bits=-1"])
-    assert main(["tax", "aligned=random", "unaligned=no_such_agent", "constitution=no_low_symbols",
-                 "num_envs=4", "progress=false"]) == 2
+    assert main(["tax", "aligned=random", "unaligned=no_such_agent", "measure.constitution=no_low_symbols",
+                 "measure.num_envs=4", "measure.progress=false"]) == 2
     assert "neither a baseline" in capsys.readouterr().err
-    assert main(["tax", "aligned=random", "unaligned=q_lambda", "constitution=no_hangg", "num_envs=4"]) == 2
+    assert main(["tax", "aligned=random", "unaligned=q_lambda", "measure.constitution=no_hangg", "measure.num_envs=4"]) == 2
     assert "ships no constitution" in capsys.readouterr().err
     assert main(["tax", "--config", str(REPO / "configs" / "no_such_file.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -134,22 +135,22 @@ def test_antithetic_twins_are_refused_for_an_agent_that_ignores_rewards(monkeypa
     # a fixed policy acts the same in an environment and its reward-negated twin: every pair averages 0
     import aligned_rl.train.alignment_tax as tax
 
-    monkeypatch.setattr(tax, "make_actor", lambda config, env, params: SimpleNamespace(adaptive=config.agent != "ppo"))
-    assert main(["tax", "aligned=ppo", "unaligned=q_lambda", "constitution=no_low_symbols", "antithetic=true",
-                 "num_envs=4"]) == 2
-    assert "set antithetic=false" in capsys.readouterr().err
+    monkeypatch.setattr(tax, "make_agent", lambda spec, *args: SimpleNamespace(adaptive=spec != "ppo", name=spec))
+    assert main(["tax", "aligned=ppo", "unaligned=q_lambda", "measure.constitution=no_low_symbols", "measure.antithetic=true",
+                 "measure.num_envs=4"]) == 2
+    assert "set measure.antithetic=false" in capsys.readouterr().err
 
 
 def test_shipped_tax_config_loads():
     config = load_tax_config(str(REPO / "configs" / "tax_programs.yaml"))
     assert config.aligned.endswith("programs") and config.unaligned.endswith("programs_unaligned")
-    assert config.constitution == "no_low_symbols" and config.num_envs == 4096
+    assert config.measure.constitution == "no_low_symbols" and config.measure.num_envs == 4096
 
 
 @pytest.mark.slow
 def test_tax_of_random_against_q_lambda_end_to_end(tmp_path, capsys):
-    code = main(["tax", "aligned=random", "unaligned=q_lambda", "constitution=no_low_symbols", "num_envs=12",
-                 "episode_length=60", "chunk_steps=60", "antithetic=true", "progress=false", f"output={tmp_path}"])
+    code = main(["tax", "aligned=random", "unaligned=q_lambda", "measure.constitution=no_low_symbols", "measure.num_envs=12",
+                 "measure.episode_length=60", "measure.chunk_steps=60", "measure.antithetic=true", "measure.progress=false", f"output={tmp_path}"])
     assert code == 0
     out = capsys.readouterr().out
     assert "K(C) = 35 bits" in out and "2^-K(C) = 2.91e-11" in out
@@ -165,8 +166,20 @@ def test_tax_of_random_against_q_lambda_end_to_end(tmp_path, capsys):
         assert set(report["agents"][role]["runs"]) == {"env", "constrained"}
     est = {r: report["agents"][r]["estimates"] for r in ("aligned", "unaligned")}
     for role, columns in est.items():
-        for e in columns.values():
-            assert e["n"] == 12 and e["ci95_low"] <= e["mean"] <= e["ci95_high"]
+        # every column's mean and interval, recomputed from measure's per-environment files: the
+        # run paid r gives Upsilon, Sigma (b) and the forbidden rate, the run paid r^C gives V^C
+        paid_r = np.load(tmp_path / role / "per_env.npz")
+        paid_rc = np.load(tmp_path / f"{role}-constrained" / "per_env.npz")
+        weight = 2.0 ** -35
+        values = {"upsilon": paid_r["average_reward"], "constrained_value": paid_rc["constrained_value"],
+                  "sigma_a": [(v + weight * vc) / (1 + weight)
+                              for v, vc in zip(paid_r["average_reward"], paid_rc["constrained_value"])],
+                  "sigma_b": paid_r["aligned_value"], "forbidden_rate": paid_r["forbidden_rate"]}
+        assert set(columns) == set(values)
+        for name, e in columns.items():
+            reference = mean_ci95(pair_means(values[name], 12))  # the unit: the antithetic pair
+            assert e["n"] == 12, name
+            assert (e["mean"], e["ci95_low"], e["ci95_high"]) == pytest.approx(reference, abs=1e-12), name
         # measure's own estimate of Upsilon, from the same run
         measured = json.loads((tmp_path / role / "report.json").read_text())["estimates"]["upsilon_average_reward"]
         assert columns["upsilon"]["mean"] == pytest.approx(measured["mean"], abs=1e-12)
@@ -188,8 +201,8 @@ def test_tax_of_a_ppo_run_needs_one_run_for_mu_and_mu_c(tmp_path, capsys):
     run = tmp_path / "ppo"
     assert main(["train", "--config", str(REPO / "configs" / "programs.yaml"), *TINY, f"run.dir={run}"]) == 0
     out = tmp_path / "tax"
-    assert main(["tax", f"aligned={run}", "unaligned=random", "constitution=no_low_symbols", "num_envs=8",
-                 "episode_length=40", "chunk_steps=40", "progress=false", f"output={out}"]) == 0
+    assert main(["tax", f"aligned={run}", "unaligned=random", "measure.constitution=no_low_symbols", "measure.num_envs=8",
+                 "measure.episode_length=40", "measure.chunk_steps=40", "measure.progress=false", f"output={out}"]) == 0
     assert "ppo (aligned)" in capsys.readouterr().out
     report = json.loads((out / "tax.json").read_text())
     ppo = report["agents"]["aligned"]

@@ -10,7 +10,7 @@ import pytest
 from aligned_rl.envs import registry
 from aligned_rl.train.config import load_config
 from aligned_rl.train.loop import build, initial_state
-from conftest import REPO
+from tests.conftest import REPO
 
 from aligned_rl.constitution import judge
 

@@ -9,6 +9,7 @@ import pytest
 from aligned_rl.cli import main
 from aligned_rl.train.compare import compare
 from aligned_rl.train.config import ConfigError
+from tests.reference.estimators import mean_ci95
 
 
 def _fake_run(path, agent, values, seed=0, antithetic=False, sampling="simple"):
@@ -23,15 +24,6 @@ def _fake_run(path, agent, values, seed=0, antithetic=False, sampling="simple"):
     return str(path)
 
 
-def _reference_ci(d):
-    """Mean and normal 95% CI of a sample, written out by hand."""
-    d = [float(x) for x in d]
-    mean = sum(d) / len(d)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
-    half = 1.959963984540054 * sd / math.sqrt(len(d))
-    return mean, mean - half, mean + half
-
-
 def test_paired_difference_matches_a_hand_computation(tmp_path, capsys):
     rng = np.random.default_rng(0)
     shared = rng.normal(0.4, 0.2, 200)  # what the environments contribute to both agents
@@ -40,7 +32,7 @@ def test_paired_difference_matches_a_hand_computation(tmp_path, capsys):
     runs = [_fake_run(tmp_path / "a", "ckpt/a", a), _fake_run(tmp_path / "b", "q_lambda", b)]
     result = compare(runs, output=str(tmp_path / "out"))
     diff = result["rows"][1]["reference_minus_agent"]
-    mean, low, high = _reference_ci(a - b)
+    mean, low, high = mean_ci95(a - b)
     assert diff["mean"] == pytest.approx(mean) and diff["ci95_low"] == pytest.approx(low)
     assert diff["ci95_high"] == pytest.approx(high) and diff["n"] == 200
     # the pairing is what makes it tight: the unpaired interval of the same means is far wider
@@ -61,7 +53,7 @@ def test_antithetic_runs_compare_pair_means(tmp_path):
     runs = [_fake_run(tmp_path / "a", "a", a, antithetic=True), _fake_run(tmp_path / "b", "b", b, antithetic=True)]
     diff = compare(runs)["rows"][1]["reference_minus_agent"]
     pairs = (a[:20] + a[20:]) / 2 - (b[:20] + b[20:]) / 2
-    mean, low, high = _reference_ci(pairs)
+    mean, low, high = mean_ci95(pairs)
     assert diff["n"] == 20 and diff["mean"] == pytest.approx(mean) and diff["ci95_low"] == pytest.approx(low)
 
 

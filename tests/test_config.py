@@ -6,8 +6,8 @@ from aligned_rl.cli import main
 from aligned_rl.constitution import Constitution
 from aligned_rl.train.alignment_tax import load_tax_config
 from aligned_rl.train.config import ConfigError, check_constitution, from_dict, load_config, to_dict
-from aligned_rl.train.measure import load_measure_config
-from conftest import CARTPOLE, REPO
+from aligned_rl.train.measure_config import load_measure_config
+from tests.conftest import CARTPOLE, REPO
 
 
 def test_default_config_file_loads():

@@ -13,7 +13,7 @@ import pytest
 from aligned_rl.envs import registry
 from aligned_rl.train.config import load_config
 from aligned_rl.train.loop import build
-from conftest import REPO
+from tests.conftest import REPO
 
 from aligned_rl.codes import truncated_gamma_bits
 from aligned_rl.constitution import judge
@@ -344,8 +344,8 @@ def test_masking_leaves_proxy_discrimination_that_the_causal_counterfactual_remo
     setup, _ = _learner("constitution.name=fair_hiring")
 
     @jax.jit
-    def hire_rates(actor_params, market):
-        return H.equal_skill_hire_rates(lambda o: setup.algo.actor.apply(actor_params, o), ENV, market,
+    def hire_rates(params, market):
+        return H.equal_skill_hire_rates(lambda o: setup.algo.policy.logits(params, o), ENV, market,
                                         jax.random.PRNGKey(5), jnp.linspace(-1.0, 2.5, 15))
 
     gaps, d_cf, returns = {}, {}, {}
@@ -358,7 +358,7 @@ def test_masking_leaves_proxy_discrimination_that_the_causal_counterfactual_remo
     for name, (market, beta, move) in runs.items():
         _, state, metrics = _train(("constitution.name=fair_hiring",), market, beta=beta,
                                    cparams={"move_proxies": jnp.float32(move)})
-        rates = hire_rates(state.params["actor"], market)
+        rates = hire_rates(state.params, market)
         gaps[name] = float(jnp.max(jnp.abs(rates[1] - rates[0])))
         d_cf[name] = _late(metrics, "counterfactual_divergence")
         returns[name] = _late_return(metrics)
@@ -381,7 +381,8 @@ def test_ppo_learns_to_hire_and_the_constitution_lowers_violations():
     # score (the uniform random one included) earns exactly 0 in expectation on this market.
     random_return = 0.0
     runs = {
-        "none": ("constitution.name=fair_hiring", "alignment.divergence=none"),
+        # beta back at its default: with nothing in the loss it would weigh nothing (and is refused)
+        "none": ("constitution.name=fair_hiring", "alignment.divergence=none", "alignment.beta=1.0"),
         "fair_hiring": ("constitution.name=fair_hiring",),
         "workforce_band": ("constitution.name=workforce_band",),
     }

@@ -126,6 +126,7 @@ from aligned_rl.intelligence import (
     collapse_strata,
     two_phase_stratified_estimate,
 )
+from tests.reference.estimators import two_phase_stratified
 
 # a synthetic family: strata with known masses, means and spreads of the per-unit value
 W = np.array([0.5, 0.3, 0.15, 0.05])
@@ -134,28 +135,12 @@ SD = np.array([0.05, 0.1, 0.6, 1.0])
 TRUE = float(np.sum(W * MU))
 
 
-def _reference_two_phase(values, strata, pool_counts):
-    """The textbook formula, written out independently: w_h = m_h / M,
-    mean = sum w_h ybar_h, var = sum w_h^2 s_h^2 / n_h + (1/M) sum w_h (ybar_h - mean)^2."""
-    M = sum(pool_counts)
-    mean, within, ybars = 0.0, 0.0, []
-    for h, m in enumerate(pool_counts):
-        y = [v for v, s in zip(values, strata) if s == h]
-        ybar = sum(y) / len(y)
-        s2 = sum((v - ybar) ** 2 for v in y) / (len(y) - 1)
-        mean += m / M * ybar
-        within += (m / M) ** 2 * s2 / len(y)
-        ybars.append(ybar)
-    between = sum(m / M * (yb - mean) ** 2 for m, yb in zip(pool_counts, ybars)) / M
-    return mean, (within + between) ** 0.5
-
-
 def test_two_phase_estimate_matches_a_reference():
     rng = np.random.default_rng(5)
     strata = np.repeat([0, 1, 2], [5, 7, 4])
     values = rng.normal(size=strata.size)
     e, rows = two_phase_stratified_estimate(values, strata, [40, 30, 10], filtered_mass=0.1)
-    mean, se = _reference_two_phase(values.tolist(), strata.tolist(), [40, 30, 10])
+    mean, se = two_phase_stratified(values.tolist(), strata.tolist(), [40, 30, 10])
     assert e.mean == pytest.approx(mean, rel=1e-12) and e.se == pytest.approx(se, rel=1e-12)
     assert e.n == 16 and e.filtered_mass == 0.1
     assert [r["n"] for r in rows] == [5, 7, 4] and rows[0]["w"] == pytest.approx(0.5)

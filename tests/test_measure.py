@@ -1,19 +1,26 @@
 """aligned-rl measure: estimates over sampled program environments."""
 
 import json
+import resource
+import sys
 
 import numpy as np
 import pytest
 
 from aligned_rl.cli import main
 from aligned_rl.train.config import ConfigError
-from aligned_rl.train.measure import load_measure_config, measure
+from aligned_rl.train.measure import measure
+from aligned_rl.train.measure_config import load_measure_config
+from aligned_rl.train.measure_report import write_measurement
+from tests.reference.estimators import Z95, mean_ci95, pair_means, two_phase_stratified
 
 
 def _measure(tmp_path, *overrides):
     config = load_measure_config(None, ["num_envs=24", "episode_length=150", "chunk_steps=50", "progress=false",
-                                        f"output={tmp_path}", *overrides])
-    return measure(config)
+                                        *overrides])
+    measurement = measure(config)
+    write_measurement(measurement, tmp_path)
+    return measurement.report
 
 
 @pytest.mark.slow
@@ -37,8 +44,13 @@ def test_q_lambda_beats_random_with_an_interval_and_a_table(tmp_path, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     e = report["estimates"]["upsilon_average_reward"]
     assert e["ci95_low"] > 0.0  # learns: the random agent scores exactly 0 on the same pairs
-    assert e["ci95_low"] <= e["mean"] <= e["ci95_high"] and e["n"] == 24
-    assert report["agent_env_steps_per_second"] > 0
+    # the interval is the normal one over the 24 pair means of the per-environment values
+    per_env = np.load(tmp_path / "per_env.npz")
+    mean, low, high = mean_ci95(pair_means(per_env["average_reward"], 24))
+    assert e["n"] == 24 and e["mean"] == pytest.approx(mean, abs=1e-12)
+    assert (e["ci95_low"], e["ci95_high"]) == pytest.approx((low, high), abs=1e-12)
+    # 24 environments and their 24 twins, 300 steps each, over the seconds the steps took
+    assert report["agent_env_steps_per_second"] == pytest.approx(2 * 24 * 300 / report["seconds"], rel=1e-9)
 
 
 @pytest.mark.slow
@@ -56,7 +68,7 @@ def test_bad_measure_input_is_refused(capsys):
     with pytest.raises(ConfigError, match="out of range"):
         load_measure_config(None, ["gamma=1.5"])
     assert main(["measure", "agent=q_lambda", "env=CartPole-v1", "num_envs=4", "progress=false"]) == 2
-    assert "needs discrete observations" in capsys.readouterr().err
+    assert "reads observations as an index" in capsys.readouterr().err
     assert main(["measure", "agent=no_such_agent", "env=CartPole-v1", "num_envs=4", "progress=false"]) == 2
     assert "neither a baseline" in capsys.readouterr().err
 
@@ -70,20 +82,31 @@ def test_stratified_two_phase_measure_end_to_end(tmp_path):
     rows = strat["strata"]
     assert sum(r["pool_count"] for r in rows) == 24 and sum(r["n"] for r in rows) == 12
     assert all(2 <= r["n"] <= r["pool_count"] for r in rows) and all(r["pilot_n"] >= 2 for r in rows)
-    assert sum(r["w"] for r in rows) == pytest.approx(1.0)
+    assert [r["w"] for r in rows] == [r["pool_count"] / 24 for r in rows]  # w_h = m_h / M
     # AIQ strata 1..20, every one in exactly one (possibly collapsed) group
     labels = [s for r in rows for s in r["strata"]]
     assert len(labels) == len(set(labels)) and all(1 <= s <= 20 for s in labels)
     e = report["estimates"]["upsilon_average_reward"]
     table = strat["by_estimate"]["upsilon_average_reward"]
-    assert e["n"] == 12 and e["ci95_low"] <= e["mean"] <= e["ci95_high"] and e["se"] > 0
     assert e["mean"] == pytest.approx(sum(r["w"] * r["mean"] for r in table), abs=1e-12)
     assert 0.0 < e["filtered_mass"] < 1.0
     per_env = np.load(tmp_path / "per_env.npz")
+    # the estimate and its interval, recomputed from the per-environment values with the
+    # textbook double-sampling formula (group h of row i: per_env["group"], pool counts m_h)
+    mean, se = two_phase_stratified(pair_means(per_env["average_reward"], 12), per_env["group"][:12].tolist(),
+                                    [r["pool_count"] for r in rows])
+    assert e["n"] == 12 and e["mean"] == pytest.approx(mean, abs=1e-12) and e["se"] == pytest.approx(se, rel=1e-9)
+    assert (e["ci95_low"], e["ci95_high"]) == pytest.approx((mean - Z95 * se, mean + Z95 * se), abs=1e-12)
     assert per_env["average_reward"].size == 24 and set(per_env["phase"].tolist()) == {0, 1}
     assert len(set(per_env["pool_index"][:12].tolist())) == 12  # drawn without replacement from the pool
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["stratified"]["strata"] == rows and saved["memory"]["peak_rss_bytes"] > 0
+    assert saved["stratified"]["strata"] == rows
+    # the largest batch run at once: one phase's environments and their twins
+    assert saved["memory"]["environments_in_batch"] == np.bincount(per_env["phase"]).max()
+    # peak resident memory in bytes (not KiB): a process that compiled JAX programs holds well over
+    # 64 MiB, and no more than this process's peak so far
+    peak_now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    assert 64 * 2**20 < saved["memory"]["peak_rss_bytes"] <= peak_now
 
 
 def test_stratified_sampling_needs_strata():

@@ -7,8 +7,7 @@ import pytest
 
 from aligned_rl.train.config import load_config
 from aligned_rl.train.loop import build, initial_state
-from aligned_rl.train.ppo import Transition
-from conftest import CARTPOLE, TINY
+from tests.conftest import CARTPOLE, TINY
 
 
 def _setup(*overrides):
@@ -39,14 +38,7 @@ def test_gae_bootstraps_truncation_and_not_termination():
     truncated = np.array([0, 0, 0, 0, 1, 0], bool)
     done = terminated | truncated
     col = lambda x: jnp.asarray(x)[:, None]  # noqa: E731
-    fill = jnp.zeros((T, N))
-    traj = Transition(
-        obs=fill, action=fill, log_prob=fill, value=col(values), next_value=col(next_values),
-        reward=col(rewards), terminated=col(terminated), done=col(done), allowed=fill, sigma=fill,
-        env_reward=fill, divergence=fill, violated=fill, all_forbidden=fill, in_forbidden_state=fill,
-        finished_return=fill, finished_length=fill, counterfactual_divergence=fill, env_metrics={},
-    )
-    adv, targets = setup.algo._advantages(traj)
+    adv, targets = setup.algo._advantages(col(rewards), col(values), col(next_values), col(terminated), col(done))
     expected = numpy_gae(rewards, values, next_values, terminated, done, 0.9, 0.8)
     np.testing.assert_allclose(np.asarray(adv[:, 0]), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(targets[:, 0]), expected + values, rtol=1e-5, atol=1e-5)

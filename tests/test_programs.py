@@ -1,11 +1,12 @@
 """BF-programs: the AIQ reference machine, its prior, strata, constitution and learning.
 
-The machine is checked against ``Reference``, a plain-Python interpreter written here from
-AIQ's description of its BF machine (nested loops run recursively, the tape is a Python
-list addressed by a head in [-tape_len, tape_len - 1], as in AIQ).  The random symbols of
-``%`` are made identical in both by deriving them the same way: the j-th ``%`` of a cycle
-run with key k writes mix32(seed + j * 0x9E3779B9) mod n with seed = jax.random.bits(k)
-(uint32); the test takes the seeds from JAX and does the hashing in plain Python.
+The machine is checked against ``BFMachine`` (tests/reference/bf_machine.py), a plain-Python
+interpreter written from AIQ's description of its BF machine (nested loops run recursively,
+the tape is a Python list addressed by a head in [-tape_len, tape_len - 1], as in AIQ).  The
+random symbols of ``%`` are made identical in both by deriving them the same way: the j-th
+``%`` of a cycle run with key k writes mix32(seed + j * 0x9E3779B9) mod n with
+seed = jax.random.bits(k) (uint32); the test takes the seeds from JAX and does the hashing in
+plain Python.
 """
 
 from __future__ import annotations
@@ -24,97 +25,9 @@ import aligned_rl.envs.programs_machine as machine
 from aligned_rl.envs import programs_sampler as sampler
 from aligned_rl.envs.programs import BFPrograms
 from aligned_rl.envs.registry import ParamBatch, spec
+from tests.reference.bf_machine import BFMachine
 
 KEY = jax.random.PRNGKey(0)
-
-
-# ------------------------------------------------------------------ the reference
-def mix32(h: int) -> int:
-    h &= 0xFFFFFFFF
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
-    return h ^ (h >> 16)
-
-
-class Reference:
-    """AIQ's BF machine in plain Python, one program, one cycle per ``act``."""
-
-    def __init__(self, program: str, n: int = 5, obs_cells: int = 1, tape_len: int = 1024, input_len: int = 25,
-                 step_limit: int = 1000):
-        self.code = program if program.endswith("#") else program + "#"
-        self.n, self.limit, self.L = n, step_limit, tape_len
-        self.mid = (n - 1) // 2
-        self.work = [self.mid] * tape_len
-        self.inp = [self.mid] * input_len
-        self.out = [self.mid] * (1 + obs_cells)
-        self.head = 0
-        self.seed = 0
-        self.coverage = dict.fromkeys(("wrap_left", "wrap_right", "past_input", "overtime", "loops", "rand"), 0)
-
-    def act(self, action: int, seed: int = 0) -> tuple[float, list[int], int]:
-        self.inp = [action] + self.inp[:-1]
-        self.steps, self.in_head, self.out_head, self.over, self.draws = 0, 0, 0, False, 0
-        self.seed = seed
-        self.block(self.code)
-        if self.steps == self.limit:
-            self.coverage["overtime"] += 1
-        m = (self.n - 1) / 2
-        return (self.out[0] - m) / m, list(self.out[1:]), self.steps
-
-    def block(self, code: str) -> None:
-        """Run ``code`` from its start; a ']' hands control back to the loop that called."""
-        i = 0
-        while not self.over:
-            if self.steps >= self.limit or self.out_head == len(self.out):
-                self.over = True
-                return
-            self.steps += 1
-            c = code[i]
-            if c == "<":
-                self.head -= 1
-                if self.head < -self.L:
-                    self.head = 0
-                    self.coverage["wrap_left"] += 1
-            elif c == ">":
-                self.head += 1
-                if self.head >= self.L:
-                    self.head = 0
-                    self.coverage["wrap_right"] += 1
-            elif c == "+":
-                self.work[self.head] = (self.work[self.head] + 1) % self.n
-            elif c == "-":
-                self.work[self.head] = (self.work[self.head] - 1) % self.n
-            elif c == ",":
-                if self.in_head >= len(self.inp) - 1:
-                    self.work[self.head] = self.mid
-                    self.coverage["past_input"] += 1
-                else:
-                    self.work[self.head] = self.inp[self.in_head]
-                    self.in_head += 1
-            elif c == ".":
-                self.out[self.out_head] = self.work[self.head]
-                self.out_head += 1
-            elif c == "%":
-                self.work[self.head] = mix32(self.seed + self.draws * 0x9E3779B9) % self.n
-                self.draws += 1
-                self.coverage["rand"] += 1
-            elif c == "[":
-                depth, j = 1, i
-                while depth:
-                    j += 1
-                    depth += {"[": 1, "]": -1}.get(code[j], 0)
-                body = code[i + 1: j + 1]  # the loop's instructions and its closing ']'
-                while self.work[self.head] != self.mid and not self.over:
-                    self.coverage["loops"] += 1
-                    self.block(body)
-                i = j
-            elif c == "]":
-                return
-            elif c == "#":
-                self.over = True
-            i += 1
 
 
 def random_program(rng: np.random.Generator, max_len: int = 30) -> str:
@@ -168,7 +81,7 @@ def test_machine_matches_the_reference_interpreter(config):
     rewards, observations, steps, overtime = run_jax(env, texts, actions, keys)
     totals = dict.fromkeys(("wrap_left", "wrap_right", "past_input", "overtime", "loops", "rand"), 0)
     for i, text in enumerate(texts):
-        ref = Reference(text, config["num_symbols"], config["obs_cells"], config["tape_len"], config["input_len"],
+        ref = BFMachine(text, config["num_symbols"], config["obs_cells"], config["tape_len"], config["input_len"],
                         config["step_limit"])
         for t in range(cycles):
             r, obs, s = ref.act(int(actions[i, t]), int(seeds[i, t]))

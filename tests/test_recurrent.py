@@ -2,7 +2,6 @@
 exactly, it learns to adapt within an episode where a memoryless policy cannot, and it is
 measured (and resumed) like any other run."""
 
-import json
 import shutil
 
 import jax
@@ -16,9 +15,13 @@ import aligned_rl.envs as envs
 from aligned_rl.envs.registry import EnvSpec, ParamBatch
 from aligned_rl.train.config import ConfigError, load_config
 from aligned_rl.train.loop import build, initial_state, load_run, train
-from aligned_rl.train.measure import load_measure_config, measure
-from aligned_rl.train.networks import RecurrentActorCritic
-from conftest import CARTPOLE, TINY, run_cli
+from aligned_rl.constitution import Judgement
+from aligned_rl.train.agents import load_agent
+from aligned_rl.train.measure import measure
+from aligned_rl.train.measure_config import load_measure_config
+from aligned_rl.train.measure_report import read_measurement, write_measurement
+from aligned_rl.train.policies import RecurrentActorCritic
+from tests.conftest import CARTPOLE, TINY, run_cli
 
 
 @struct.dataclass
@@ -94,14 +97,14 @@ def test_the_loss_replays_the_rollout_exactly():
     algo = setup.algo
     state = initial_state(setup)
     for _ in range(2):  # a second rollout starts from a carried, non-zero memory
-        memory = state.memory
-        state, rollout = jax.lax.scan(
-            lambda s, _: algo._env_step(setup.env_params, setup.cparams, s, None), state, None, length=16)
-    assert np.abs(np.asarray(memory)).max() > 0
-    logits, values, _ = algo._sequence(state.params, memory, rollout.obs, rollout.prev_action,
-                                       rollout.prev_reward, rollout.start)
-    np.testing.assert_allclose(logits, rollout.raw_logits, rtol=1e-5, atol=1e-6)
-    assert bool(rollout.start[1:].any())  # episodes of 10 steps: starts inside the rollout too
+        start = state.rollout.agent_state
+        carry, rollout = algo.rollout(state.params).run(setup.env_params, setup.cparams, state.rollout, 16)
+        state = state.replace(rollout=carry)
+    assert np.abs(np.asarray(start.memory)).max() > 0
+    logits, values, _ = algo.policy.replay(state.params, start, rollout.obs, rollout.prev_reward, rollout.first,
+                                           rollout.action)
+    np.testing.assert_allclose(logits, rollout.logits, rtol=1e-5, atol=1e-6)
+    assert bool(rollout.first[1:].any())  # episodes of 10 steps: starts inside the rollout too
 
 
 def test_rl2_refuses_what_it_cannot_do():
@@ -152,15 +155,39 @@ def test_rl2_run_resumes_bit_exact_and_is_measured_as_an_adaptive_agent(tmp_path
     mismatched = tmp_path / "mismatched"
     shutil.copytree(whole, mismatched)
     saved = (mismatched / "config.yaml").read_text()
-    (mismatched / "config.yaml").write_text(saved.replace("network: rl2", "network: mlp"))
+    (mismatched / "config.yaml").write_text(saved.replace("network: rl2", "network: mlp").replace(
+        "memory_size: 16", "memory_size: 128"))
     with pytest.raises(ConfigError, match="incompatible version"):
         load_run(mismatched)
 
-    report = measure(load_measure_config(None, [
+    measured = measure(load_measure_config(None, [
         f"agent={whole}", "env=CartPole-v1", "num_envs=8", "episode_length=50", "chunk_steps=25", "progress=false",
-        "constitution=safe_zone", "antithetic=false", f"output={tmp_path / 'measure'}"]))
-    saved = json.loads((tmp_path / "measure" / "report.json").read_text())
-    assert saved["estimates"] == report["estimates"]
+        "constitution=safe_zone", "antithetic=false"]))
+    report = measured.report
+    write_measurement(measured, tmp_path / "measure")
+    saved = read_measurement(tmp_path / "measure")
+    assert saved.report["estimates"] == report["estimates"]
+    np.testing.assert_array_equal(saved.per_env["forbidden_rate"], measured.per_env["forbidden_rate"])
     e = report["estimates"]["upsilon_average_reward"]
-    assert e["n"] == 8 and e["ci95_low"] <= e["mean"] <= e["ci95_high"]
-    assert 0.0 <= report["estimates"]["forbidden_rate"]["mean"] <= 1.0
+    # CartPole pays 1 on every step (gymnax's reward is 1 - prev_terminal, and a fallen pole is
+    # reset within the step), whatever the agent does: every environment averages exactly 1
+    assert e["n"] == 8 and (e["mean"], e["ci95_low"], e["ci95_high"]) == (1.0, 1.0, 1.0)
+    # the forbidden rate is the mean over environments of each one's count of forbidden actions / 50
+    counts = measured.per_env["forbidden_rate"] * 50
+    np.testing.assert_allclose(counts, np.round(counts), atol=1e-9)
+    assert report["estimates"]["forbidden_rate"]["mean"] == pytest.approx(counts.sum() / 400, abs=1e-12)
+
+    # measured as an adaptive agent: the agent measure runs acts on the rewards it is paid.  With
+    # the same memory, observations and keys, being paid +1 or -1 for its last action changes its policy
+    agent = load_agent(whole)
+    env, env_params = envs.make("CartPole-v1")
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    obs, _ = jax.vmap(env.reset, in_axes=(0, None))(keys, env_params)
+    allowed = jnp.ones((4, 2), bool)
+    verdict = Judgement(~allowed, allowed, allowed / 2.0, jnp.zeros(4, bool), jnp.zeros(4, bool))
+    first, later = jnp.ones(4, bool), jnp.zeros(4, bool)
+    state, _, _ = agent.act(agent.init(keys), obs, jnp.zeros(4), first, keys, verdict)  # the episode's first step
+    _, _, paid = agent.act(state, obs, jnp.ones(4), later, keys, verdict)
+    _, _, negated = agent.act(state, obs, -jnp.ones(4), later, keys, verdict)
+    assert agent.adaptive and report["adaptive"]
+    assert np.abs(np.asarray(paid) - np.asarray(negated)).min() > 1e-4, (paid, negated)

@@ -15,12 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 _DEVICES_SCRIPT = r"""
 import json, sys, jax, numpy as np
 import aligned_rl.envs as envs
-import aligned_rl.train.measure as m
+import aligned_rl.train.devices as devices
+from aligned_rl.train.measure import measure
+from aligned_rl.train.measure_config import load_measure_config
 assert len(jax.devices()) == 4, jax.devices()
-out_dir = sys.argv[1]
 seen = []
-host = m._host
-m._host = lambda x: (seen.append(len(x.sharding.device_set)), host(x))[1]
+host = devices.to_host
+devices.to_host = lambda x: (seen.append(len(x.sharding.device_set)), host(x))[1]
 common = ["agent=q_lambda", "episode_length=20", "chunk_steps=20", "progress=false", "constitution=no_low_symbols"]
 from aligned_rl.envs.registry import ParamBatch
 env, _ = envs.make("BF-programs")
@@ -32,14 +33,12 @@ result = {}
 for name, sampled, extra in (("simple", (env, first5), ["num_envs=5"]),
                              ("stratified", (env, pool), ["num_envs=8", "sampling=stratified"])):
     values = {}
-    for devices in (1, 4):
+    for count in (1, 4):
         seen.clear()
-        report = m.measure(m.load_measure_config(None, common + extra + [f"devices={devices}",
-                                                                         f"output={out_dir}/{name}{devices}"]), sampled)
-        assert report["devices"]["mesh"] == devices
-        assert set(seen) == {devices}, seen  # the sums came back split over that many devices
-        per_env = np.load(f"{out_dir}/{name}{devices}/per_env.npz")
-        values[devices] = ({k: per_env[k] for k in per_env.files}, report["estimates"])
+        measured = measure(load_measure_config(None, common + extra + [f"devices={count}"]), sampled=sampled)
+        assert measured.report["devices"]["mesh"] == count
+        assert set(seen) == {count}, seen  # the sums came back split over that many devices
+        values[count] = (measured.per_env, measured.report["estimates"])
     (a, ea), (b, eb) = values[1], values[4]
     assert a.keys() == b.keys()
     result[name] = {"equal": all(np.array_equal(a[k], b[k]) for k in a) and ea == eb,
@@ -51,7 +50,7 @@ print(json.dumps(result))
 @pytest.mark.slow
 def test_measure_sharded_over_four_devices_equals_one_device(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT], capture_output=True, text=True,
                        env=env, cwd=REPO, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -68,19 +67,26 @@ def _free_port() -> int:
 
 _PROCESS_SCRIPT = r"""
 import sys
-from aligned_rl.train.measure import load_measure_config, measure, start_distributed
+from aligned_rl.train.devices import start_distributed
+from aligned_rl.train.measure_config import load_measure_config
 out, address, pid = sys.argv[1:4]
 hosts = [f"coordinator_address={address}", "num_processes=2", f"process_id={pid}"] if address != "none" else []
 config = load_measure_config(None, ["agent=q_lambda", "num_envs=6", "episode_length=40", "chunk_steps=20",
-                                    "progress=false", f"output={out}", *hosts])
-start_distributed(config)  # before anything touches a device (importing aligned_rl.envs does)
+                                    "progress=false", *hosts])
+# before anything touches a device (importing aligned_rl.envs or the measurement does)
+start_distributed(config.coordinator_address, config.num_processes, config.process_id)
+import jax
 import jax.numpy as jnp
 import aligned_rl.envs as envs
+from aligned_rl.train.measure import measure
+from aligned_rl.train.measure_report import write_measurement
 from aligned_rl.envs.registry import ParamBatch
 env, _ = envs.make("BF-programs")
 programs = [",.#", "+,.#", ",-.#", ",>.<#", ",+.#", ",<.>#"]  # hand-written: no sampler to compile
 batch = ParamBatch(env.program_params(programs, stratum=1), jnp.full((6,), 12.0), 0.0)
-measure(config, (env, batch))
+measured = measure(config, sampled=(env, batch))
+if jax.process_index() == 0:
+    write_measurement(measured, out)
 """
 
 

@@ -66,8 +66,8 @@ class Estimate:
 
     def as_dict(self) -> dict:
         low, high = self.ci95
-        return {"mean": self.mean, "ci95_low": low, "ci95_high": high, "se": self.se, "n": self.n,
-                "filtered_mass": self.filtered_mass}
+        return {"mean": float(self.mean), "ci95_low": float(low), "ci95_high": float(high), "se": float(self.se),
+                "n": int(self.n), "filtered_mass": float(self.filtered_mass)}
 
     def __str__(self) -> str:
         low, high = self.ci95

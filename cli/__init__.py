@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cmp = sub.add_parser("compare", help="agents measured on the same environments, with paired CIs")
     cmp.add_argument("runs", nargs="+", help="output directories of aligned-rl measure; the first is the reference")
-    cmp.add_argument("--metric", default="average_reward", help="a per_env.npz key (default average_reward)")
+    cmp.add_argument("--metric", help="a per_env.npz key (default: the value Upsilon is the mean of)")
     cmp.add_argument("--output", help="directory for compare.json and compare.png")
 
     cfg = sub.add_parser("config", help="print the resolved config (defaults, file, overrides)")
@@ -175,9 +175,10 @@ def _measure(args: argparse.Namespace) -> int:
     import jax
 
     from aligned_rl.train.measure import measure
+    from aligned_rl.train.measure_families import is_mixture, measure_families
     from aligned_rl.train.measure_report import default_output, format_estimates, write_measurement
 
-    measurement = measure(config)
+    measurement = measure_families(config) if is_mixture(config.env) else measure(config)
     report = measurement.report
     if jax.process_index() == 0:
         write_measurement(measurement, config.output or default_output(config.agent, config.env))

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from aligned_rl.constitution import Constitution
+from aligned_rl.envs.family import episodic
 from aligned_rl.envs.gymnax_adapter import gymnax_spec
 from aligned_rl.envs.registry import register
 
@@ -67,5 +68,6 @@ CARTPOLE = register(
         "CartPole-v1",
         constitutions={"safe_zone": safe_zone},
         description="gymnax CartPole-v1 with the safe_zone constitution.",
+        value=episodic(lambda params: (0.0, params.max_steps_in_episode)),  # 1 per step the pole stays up
     )
 )

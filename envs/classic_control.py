@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from aligned_rl.envs.family import episodic
 from aligned_rl.envs.gymnax_adapter import gymnax_spec
 from aligned_rl.envs.registry import register
 
@@ -98,11 +99,15 @@ def left_fence() -> Constitution:
     )
 
 
+# -1 per step until the goal: an episode returns between -(its step limit) and 0
+_MINUS_ONE_PER_STEP = episodic(lambda params: (-params.max_steps_in_episode, 0.0))
+
 ACROBOT = register(
     gymnax_spec(
         "Acrobot-v1",
         constitutions={"joint_speed_limits": joint_speed_limits},
         description="gymnax Acrobot-v1 with the joint_speed_limits constitution.",
+        value=_MINUS_ONE_PER_STEP,
     )
 )
 
@@ -111,5 +116,6 @@ MOUNTAIN_CAR = register(
         "MountainCar-v0",
         constitutions={"left_fence": left_fence},
         description="gymnax MountainCar-v0 with the left_fence constitution.",
+        value=_MINUS_ONE_PER_STEP,
     )
 )

@@ -42,6 +42,36 @@ def broadcast_params(env: Environment, key: jax.Array, n: int) -> ParamBatch:
 
 
 @dataclasses.dataclass(frozen=True)
+class Value:
+    """What an environment is worth to an agent, as its family defines it (a number in [-1, 1]).
+
+    ``continuing``: the average reward per step over the measurement's horizon, as in AIQ; the
+    family's rewards lie in [-1, 1].  ``episodic``: the return R of an episode, mapped to [-1, 1]
+    from the least and greatest return any episode of that environment can have,
+    ``return_bounds(params) -> (lo, hi)`` (jittable, one environment's params):
+    v = (2 R - hi - lo) / (hi - lo).  Negating every reward negates v, so an agent that ignores
+    rewards scores 0 on an antithetic pair in both kinds.
+    """
+
+    kind: str  # "continuing" or "episodic"
+    return_bounds: Callable[[Any], tuple[Any, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("continuing", "episodic"):
+            raise ValueError(f"a value is 'continuing' or 'episodic', not {self.kind!r}")
+        if (self.kind == "episodic") != (self.return_bounds is not None):
+            raise ValueError("an episodic value needs return_bounds, and only an episodic one takes them")
+
+
+CONTINUING = Value("continuing")
+
+
+def episodic(return_bounds: Callable[[Any], tuple[Any, Any]]) -> Value:
+    """An episodic value whose episode returns lie in ``return_bounds(params)``."""
+    return Value("episodic", return_bounds)
+
+
+@dataclasses.dataclass(frozen=True)
 class EnvSpec:
     """How to make one environment family and what ships with it."""
 
@@ -50,3 +80,4 @@ class EnvSpec:
     constitutions: dict[str, Callable[[], Constitution]] = dataclasses.field(default_factory=dict)
     sample_params: ParamSampler = broadcast_params
     description: str = ""
+    value: Value | None = None  # how an environment is valued; None: not declared (it cannot be measured)

@@ -92,7 +92,7 @@ from gymnax.environments import environment, spaces
 
 from aligned_rl.codes import bounded_gamma_bits, draw_bounded_gamma, host_rng
 from aligned_rl.constitution import Constitution
-from aligned_rl.envs.family import EnvSpec, ParamBatch
+from aligned_rl.envs.family import EnvSpec, ParamBatch, episodic
 from aligned_rl.envs.gridworld_core import (
     BOX_CORNER_PENALTY,
     FLOOR,
@@ -534,6 +534,23 @@ def supervisor_blind() -> Constitution:
 
 
 # ============================================================================ registration
+def return_bounds(kind: str, params: GridParams) -> tuple[jax.Array, jax.Array]:
+    """The least and greatest return of an episode of ``kind`` in the world ``params``: every
+    step costs 1 and the goal pays 50 (so at most 49, reached in one step); lava adds -50 once
+    (it ends the episode), whisky +5 once, a watched punishment cell -30 on every step."""
+    steps = jnp.asarray(params.max_steps_in_episode, jnp.float32)
+    low = MOVEMENT_REWARD * steps
+    high = jnp.float32(GOAL_REWARD + MOVEMENT_REWARD)
+    if kind == SHIFT:
+        low = low + LAVA_REWARD
+    elif kind == WHISKY_GOLD:
+        high = high + WHISKY_REWARD
+    elif kind == SUPERVISOR:
+        low = low + PUNISHMENT_REWARD * steps
+    scale = jnp.asarray(params.reward_scale, jnp.float32)
+    return low * scale, high * scale
+
+
 def _spec(name: str, kind: str, constitutions: dict, description: str, split: str = "train") -> EnvSpec:
     return register(EnvSpec(
         name=name,
@@ -541,6 +558,7 @@ def _spec(name: str, kind: str, constitutions: dict, description: str, split: st
         constitutions=constitutions,
         sample_params=_family_sampler(kind, split),
         description=description,
+        value=episodic(functools.partial(return_bounds, kind)),
     ))
 
 

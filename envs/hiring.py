@@ -135,7 +135,7 @@ from aligned_rl.codes import (
     uniform_width,
 )
 from aligned_rl.constitution import Constitution
-from aligned_rl.envs.family import EnvSpec, ParamBatch
+from aligned_rl.envs.family import EnvSpec, ParamBatch, episodic
 from aligned_rl.envs.registry import register
 
 REJECT, HIRE = 0, 1
@@ -514,6 +514,9 @@ def decode(bits: str) -> tuple[dict[str, float], str]:
     return out, bits[pos:]
 
 
+# a hire pays tanh(skill) in (-1, 1), a pass 0: an episode returns between -T and T
+HIRING_VALUE = episodic(lambda params: (-params.max_steps_in_episode, params.max_steps_in_episode))
+
 FAIR_HIRING = register(
     EnvSpec(
         name="FairHiring",
@@ -525,6 +528,7 @@ FAIR_HIRING = register(
         },
         sample_params=sample_markets,
         description="A firm hires from a stream of candidates; constitutions from the seed's hiring footnote.",
+        value=HIRING_VALUE,
     )
 )
 
@@ -535,6 +539,7 @@ FAIR_HIRING_MASKED = register(
         constitutions={"fair_hiring_masked": fair_hiring_masked, "workforce_band": workforce_band},
         sample_params=sample_markets,  # the mask is a property of the family, not coded
         description="FairHiring with the protected attribute blanked from the observation.",
+        value=HIRING_VALUE,
     )
 )
 

@@ -46,7 +46,7 @@ from gymnax.environments import environment, spaces
 
 from aligned_rl.constitution import Constitution
 from aligned_rl.envs import programs_sampler
-from aligned_rl.envs.family import EnvSpec
+from aligned_rl.envs.family import CONTINUING, EnvSpec
 from aligned_rl.envs.indexed import IndexedObservations
 from aligned_rl.envs.programs_machine import BFInterpreter, MachineState, ProgramParams
 from aligned_rl.envs.registry import register
@@ -159,6 +159,7 @@ BF_PROGRAMS = register(
         make=BFPrograms,
         constitutions={"no_low_symbols": no_low_symbols, "no_hang": no_hang},
         sample_params=programs_sampler.sample_params,
+        value=CONTINUING,  # AIQ: the average reward per step, rewards in [-1, 1]
         description=(
             "AIQ's BF reference machine (5 symbols): each environment is a program drawn from the "
             "prefix-free universal prior, K = its code length in bits; passive and overtime programs "

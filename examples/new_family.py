@@ -3,7 +3,8 @@
 It shows what a family needs (docs/extending.md): a gymnax ``Environment`` whose every
 difference between instances lives in its ``EnvParams``; a sampler that draws ``n`` params
 from the family's prior with their description lengths K in bits; a constitution; and an
-``EnvSpec`` registered under a name.  It declares ``IndexedObservations`` (two observations:
+``EnvSpec`` registered under a name, with how an environment is valued (here continuing: the
+average reward per step, as for BF-programs).  It declares ``IndexedObservations`` (two observations:
 the last pull lost or won), so the AIQ baselines can run in it.  Then the training code and
 the measurement run in it unchanged.
 
@@ -24,7 +25,7 @@ from gymnax.environments import environment, spaces
 import aligned_rl.envs as envs
 from aligned_rl.codes import draw_uniform
 from aligned_rl.constitution import Constitution
-from aligned_rl.envs import EnvSpec, IndexedObservations, ParamBatch
+from aligned_rl.envs import CONTINUING, EnvSpec, IndexedObservations, ParamBatch
 from aligned_rl.train.config import load_config
 from aligned_rl.train.loop import train
 from aligned_rl.train.measure import draw_environments, measure
@@ -104,7 +105,8 @@ def no_second_arm() -> Constitution:
 
 if "TwoArmedBandit" not in envs.registered_families():
     envs.register(EnvSpec(name="TwoArmedBandit", make=TwoArmedBandit, constitutions={"no_second_arm": no_second_arm},
-                          sample_params=sample_params, description="A two-armed bandit; see examples/new_family.py."))
+                          sample_params=sample_params, description="A two-armed bandit; see examples/new_family.py.",
+                          value=CONTINUING))  # valued as AIQ values programs: the average reward per step
 
 
 def main() -> None:

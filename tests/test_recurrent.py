@@ -161,21 +161,23 @@ def test_rl2_run_resumes_bit_exact_and_is_measured_as_an_adaptive_agent(tmp_path
         load_run(mismatched)
 
     measured = measure(load_measure_config(None, [
-        f"agent={whole}", "env=CartPole-v1", "num_envs=8", "episode_length=50", "chunk_steps=25", "progress=false",
+        f"agent={whole}", "env=CartPole-v1", "num_envs=8", "chunk_steps=250", "progress=false",
         "constitution=safe_zone", "antithetic=false"]))
     report = measured.report
     write_measurement(measured, tmp_path / "measure")
     saved = read_measurement(tmp_path / "measure")
     assert saved.report["estimates"] == report["estimates"]
     np.testing.assert_array_equal(saved.per_env["forbidden_rate"], measured.per_env["forbidden_rate"])
-    e = report["estimates"]["upsilon_average_reward"]
-    # CartPole pays 1 on every step (gymnax's reward is 1 - prev_terminal, and a fallen pole is
-    # reset within the step), whatever the agent does: every environment averages exactly 1
-    assert e["n"] == 8 and (e["mean"], e["ci95_low"], e["ci95_high"]) == (1.0, 1.0, 1.0)
-    # the forbidden rate is the mean over environments of each one's count of forbidden actions / 50
-    counts = measured.per_env["forbidden_rate"] * 50
-    np.testing.assert_allclose(counts, np.round(counts), atol=1e-9)
-    assert report["estimates"]["forbidden_rate"]["mean"] == pytest.approx(counts.sum() / 400, abs=1e-12)
+    # CartPole pays 1 for every step the pole stays up, and an episode returns between 0 and 500:
+    # an episode of L steps is worth (2 L - 500) / 500
+    per_env = measured.per_env
+    np.testing.assert_allclose(per_env["episode_value"], (2 * per_env["episode_length"] - 500) / 500, atol=1e-6)
+    e = report["estimates"]["upsilon_episode_value"]
+    assert e["n"] == 8 and e["mean"] == pytest.approx(per_env["episode_value"].mean(), abs=1e-12)
+    # the forbidden rate is each environment's count of forbidden actions over its episode's steps
+    counts = per_env["forbidden_rate"] * per_env["episode_length"]
+    np.testing.assert_allclose(counts, np.round(counts), atol=1e-6)
+    assert report["estimates"]["forbidden_rate"]["mean"] == pytest.approx(per_env["forbidden_rate"].mean(), abs=1e-12)
 
     # measured as an adaptive agent: the agent measure runs acts on the rewards it is paid.  With
     # the same memory, observations and keys, being paid +1 or -1 for its last action changes its policy

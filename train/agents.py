@@ -36,6 +36,10 @@ from aligned_rl.train.config import CONFIG_FILE, ConfigError, TrainConfig, load_
 from aligned_rl.train.policies import Policy, make_policy
 
 
+class CannotAct(ConfigError):
+    """The agent cannot act in this family (its observations or actions are not the ones it knows)."""
+
+
 class Agent(Protocol):
     name: str
     adaptive: bool
@@ -102,7 +106,7 @@ class BaselineAgent(struct.PyTreeNode):
     def make(cls, name: str, env: Any, num_actions: int, overrides: dict, reward_scale: float) -> "BaselineAgent":
         indexed = isinstance(env, IndexedObservations)
         if not indexed and baselines.BASELINES[name].reads_observations:
-            raise ConfigError(
+            raise CannotAct(
                 f"the baseline {name!r} reads observations as an index, and environment {env.name!r} declares "
                 "none (it is not an IndexedObservations family); measure a PPO run directory, or a baseline "
                 "that ignores observations (random, freq)"
@@ -155,10 +159,18 @@ def load_agent(run_dir: str | Path, which: str = "latest", greedy: bool = False)
     return PolicyAgent(policy, params, shields=config.alignment.shield, greedy=greedy, name=str(run_dir))
 
 
+def _interface(family: str) -> tuple:
+    """(observation shape, observation dtype, number of actions) of a family's environments."""
+    env = envs.spec(family).make()
+    space = env.observation_space(env.default_params)
+    return tuple(space.shape), str(jnp.dtype(space.dtype)), int(env.action_space(env.default_params).n)
+
+
 def make_agent(spec: str, env: Any, num_actions: int, env_name: str, overrides: dict | None = None,
                reward_scale: float = 100.0) -> Any:
     """An agent by name: an AIQ baseline (``random``, ``freq``, ``q_lambda``, ``hlq_lambda``)
-    with parameter ``overrides``, or the run directory of a PPO agent trained on ``env_name``."""
+    with parameter ``overrides``, or the run directory of a PPO agent trained on ``env_name`` (or
+    on a family with the same observations and actions).  :class:`CannotAct` where it cannot act."""
     if spec in baselines.BASELINES:
         return BaselineAgent.make(spec, env, num_actions, dict(overrides or {}), reward_scale)
     if Path(spec, CONFIG_FILE).is_file():
@@ -166,8 +178,9 @@ def make_agent(spec: str, env: Any, num_actions: int, env_name: str, overrides: 
             raise ConfigError(f"agent_params {sorted(overrides)} are baseline parameters, and {spec} is a PPO "
                               "run: they would change nothing; remove them")
         trained_on = load_run_config(spec).env.name
-        if trained_on != env_name:
-            raise ConfigError(f"{spec} was trained on {trained_on!r}, not on {env_name!r}")
+        if trained_on != env_name and _interface(trained_on) != _interface(env_name):
+            raise CannotAct(f"{spec} was trained on {trained_on!r}, whose observations and actions "
+                            f"{_interface(trained_on)} are not those of {env_name!r} {_interface(env_name)}")
         try:
             return load_agent(spec)
         except FileNotFoundError as err:

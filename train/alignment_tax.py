@@ -170,13 +170,16 @@ def sigma_a(value: np.ndarray, constrained_value: np.ndarray, bits: float) -> np
     return (v + weight * vc) / (1.0 + weight)
 
 
-def per_env_columns(run: dict, constrained_run: dict, bits: float) -> dict[str, np.ndarray]:
+def per_env_columns(run: dict, constrained_run: dict, bits: float,
+                    value: str = "average_reward") -> dict[str, np.ndarray]:
     """The table's per-environment values from measure's per-environment arrays: ``run`` paid r,
-    ``constrained_run`` paid r^C (the same dict for an agent whose actions rewards do not change)."""
+    ``constrained_run`` paid r^C (the same dict for an agent whose actions rewards do not change);
+    ``value``: the key of the value Upsilon is the mean of (``average_reward`` for a continuing
+    family, ``episode_value`` for an episodic one)."""
     return {
-        "upsilon": np.asarray(run["average_reward"], np.float64),
+        "upsilon": np.asarray(run[value], np.float64),
         "constrained_value": np.asarray(constrained_run["constrained_value"], np.float64),
-        "sigma_a": sigma_a(run["average_reward"], constrained_run["constrained_value"], bits),
+        "sigma_a": sigma_a(run[value], constrained_run["constrained_value"], bits),
         "sigma_b": np.asarray(run["aligned_value"], np.float64),
         "forbidden_rate": np.asarray(run["forbidden_rate"], np.float64),
     }
@@ -231,7 +234,8 @@ def alignment_tax(config: TaxConfig) -> dict:
             measured[paid] = measure(run_config(config, role, paid), agent=agents[role], sampled=sampled)
             write_measurement(measured[paid], directory)
         columns[role] = per_env_columns(measured["env"].per_env,
-                                        measured.get("constrained", measured["env"]).per_env, bits)
+                                        measured.get("constrained", measured["env"]).per_env, bits,
+                                        measured["env"].report["value"]["per_env"])
         reports[role] = {
             "agent": getattr(config, role),
             "adaptive": bool(agents[role].adaptive),

@@ -19,18 +19,19 @@ import numpy as np
 
 from aligned_rl.intelligence import estimation_units, paired_difference, simple_estimate
 from aligned_rl.train.config import ConfigError
-from aligned_rl.train.measure_report import read_measurement
+from aligned_rl.train.measure_report import primary_value, read_measurement
 
 # what must agree for two runs to have seen the same environments and random numbers
 SAME = ("env", "num_envs", "seed", "episode_length", "antithetic")
 
 
-def compare(runs: list[str], metric: str = "average_reward", output: str | None = None) -> dict:
+def compare(runs: list[str], metric: str | None = None, output: str | None = None) -> dict:
     """The comparison of ``runs`` (measure output directories; the first is the reference)."""
     if len(runs) < 2:
         raise ConfigError("compare needs at least two measure output directories")
     loaded = [(m.report, m.per_env) for m in map(read_measurement, runs)]
     ref = loaded[0][0]
+    metric = metric or primary_value(ref)["per_env"]  # by default the value Upsilon is the mean of
     for run, (report, per_env) in zip(runs, loaded):
         differ = [k for k in SAME if report[k] != ref[k]]
         if differ:
@@ -43,7 +44,7 @@ def compare(runs: list[str], metric: str = "average_reward", output: str | None 
                               "of the prior; compare runs measured with sampling=simple")
         if metric not in per_env:
             raise ConfigError(f"{run} has no per-environment {metric!r}; choose one of {sorted(per_env)}")
-    n, antithetic, mass = ref["num_envs"], ref["antithetic"], ref["estimates"]["upsilon_average_reward"]["filtered_mass"]
+    n, antithetic, mass = ref["num_envs"], ref["antithetic"], ref["estimates"][primary_value(ref)["estimate"]]["filtered_mass"]
     values = [per_env[metric] for _, per_env in loaded]
     rows = []
     for run, (report, _), v in zip(runs, loaded, values):

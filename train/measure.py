@@ -68,8 +68,20 @@ class Measurement:
 
 
 def per_env_values(sums: dict[str, np.ndarray], config: MeasureConfig) -> dict[str, np.ndarray]:
-    """Per-environment values from the runner's sums."""
+    """Per-environment values from the runner's sums (``measure_runner.SUMS`` of a continuing
+    family, ``EPISODE_SUMS`` of an episodic one)."""
     sums = {k: v.reshape(-1) for k, v in sums.items()}
+    if "episodes" in sums:
+        episodes, steps = sums["episodes"], sums["steps"]
+        return {
+            "episode_value": sums["value"] / episodes,
+            "aligned_value": sums["aligned"] / episodes,
+            "constrained_value": sums["constrained"] / episodes,
+            "forbidden_rate": sums["violations"] / steps,
+            "lawful_probability": sums["lawful"] / steps,
+            "episodes": episodes,
+            "episode_length": steps / episodes,
+        }
     T = config.episode_length
     discount_total = sum(config.gamma ** t for t in range(T))
     return {
@@ -82,12 +94,24 @@ def per_env_values(sums: dict[str, np.ndarray], config: MeasureConfig) -> dict[s
     }
 
 
-def estimated(config: MeasureConfig) -> dict[str, str]:
+PRIMARY = {"continuing": ("upsilon_average_reward", "average_reward"),
+           "episodic": ("upsilon_episode_value", "episode_value")}  # (estimate, per-environment value)
+VALUE_MEANING = {
+    "continuing": "average reward per step over episode_length steps (rewards in [-1, 1])",
+    "episodic": "mean over the first `episodes` episodes of (2 R - hi - lo) / (hi - lo) in [-1, 1], R the "
+                "episode's return and [lo, hi] the bounds of any episode's return in that environment",
+}
+
+
+def estimated(config: MeasureConfig, kind: str = "continuing") -> dict[str, str]:
     """The report's estimates and the per-environment values each is the mean of.  With a
     constitution, Sigma, V^C and the forbidden rate are over the same (antithetically
     symmetrised) prior as Upsilon: twins share every random number, so the pair, not the row,
     is the independent unit of every one."""
-    names = {"upsilon_average_reward": "average_reward", "upsilon_discounted": "discounted_value"}
+    estimate, value = PRIMARY[kind]
+    names = {estimate: value}
+    if kind == "continuing":
+        names["upsilon_discounted"] = "discounted_value"
     if config.constitution != "none":
         names.update(sigma_aligned="aligned_value", forbidden_rate="forbidden_rate",
                      constrained_value="constrained_value")
@@ -117,6 +141,26 @@ def _with_episode_length(params: Any, length: int) -> Any:
     return params
 
 
+def _check_value(config: MeasureConfig, value: Any) -> None:
+    """The family must say how its environments are valued; keys of the other kind do nothing."""
+    if value is None:
+        raise ConfigError(f"{config.env!r} declares no value (continuing or episodic, with its return bounds), "
+                          "so its environments cannot be measured; measure a family that does (see `aligned-rl "
+                          "envs`), or register the family with a value (envs/family.py)")
+    default = MeasureConfig()
+    if value.kind == "episodic":
+        if config.episode_length != default.episode_length:
+            raise ConfigError(f"episode_length={config.episode_length} has no effect: {config.env} is episodic, "
+                              "each environment runs `episodes` whole episodes; set episodes=N instead")
+        if config.paid_reward != default.paid_reward:
+            raise ConfigError(f"paid_reward={config.paid_reward}: mu^C of an episodic family values a whole episode "
+                              "(-1 once an action in it is forbidden), which no per-step payment reproduces; "
+                              "measure adaptive agents on it paid the environment's reward")
+    elif config.episodes != default.episodes:
+        raise ConfigError(f"episodes={config.episodes} has no effect: {config.env} is continuing; "
+                          "set episode_length=N (steps per environment) instead")
+
+
 def draw_environments(config: MeasureConfig) -> tuple[Any, Any]:
     """(environment, ParamBatch) as ``measure`` draws them from ``config.seed``: ``num_envs``
     environments, or the phase-1 pool of stratified sampling."""
@@ -142,8 +186,10 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
         raise ConfigError(f"num_envs={n} does not split into buckets={config.buckets} equal batches")
     try:
         constitution = envs.constitution(config.env, config.constitution)
+        value = envs.spec(config.env).value
     except KeyError as err:
         raise ConfigError(str(err.args[0])) from err
+    _check_value(config, value)
     env, batch = sampled or draw_environments(config)
     have = int(jax.tree.leaves(batch.params)[0].shape[0])
     if stratified:
@@ -164,8 +210,12 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
     antithetic, antithetic_source = resolve_antithetic(config.antithetic, [agent])
     config = dataclasses.replace(config, antithetic=antithetic)
     mesh = devices.device_mesh(config.devices, "devices", across_processes=True)
-    all_params = _with_episode_length(batch.params, config.episode_length)
-    runner = EnvRunner(config, agent, env, all_params, constitution, mesh)
+    if value.kind == "continuing":
+        all_params, horizon = _with_episode_length(batch.params, config.episode_length), config.episode_length
+    else:  # long enough for every environment to finish its counted episodes
+        all_params, horizon = batch.params, config.episodes * int(np.max(np.asarray(batch.params.max_steps_in_episode)))
+    runner = EnvRunner(config, agent, env, all_params, constitution, mesh, value, horizon)
+    names = estimated(config, value.kind)
     from rich.progress import Progress
 
     extra: dict[str, Any] = {}
@@ -175,10 +225,9 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
             per_env = per_env_values(sums, config)
             estimates = {name: simple_estimate(estimation_units(per_env[key], n, config.antithetic),
                                                batch.filtered_mass)
-                         for name, key in estimated(config).items()}
+                         for name, key in names.items()}
         else:
-            per_env, estimates, extra = measure_stratified(config, runner, batch, progress, per_env_values,
-                                                           estimated(config))
+            per_env, estimates, extra = measure_stratified(config, runner, batch, progress, per_env_values, names)
     report = {
         "agent": agent.name,
         "adaptive": bool(agent.adaptive),
@@ -188,6 +237,9 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
         "antithetic": config.antithetic,
         "antithetic_source": antithetic_source,
         "episode_length": config.episode_length,
+        "value": {"kind": value.kind, "estimate": PRIMARY[value.kind][0], "per_env": PRIMARY[value.kind][1],
+                  "definition": VALUE_MEANING[value.kind], "steps_per_environment": horizon,
+                  **({"episodes": config.episodes} if value.kind == "episodic" else {})},
         "seed": config.seed,
         "mean_description_bits": float(np.mean(np.asarray(batch.bits))),
         "estimates": {k: v.as_dict() for k, v in estimates.items()},

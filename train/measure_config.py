@@ -22,7 +22,8 @@ class MeasureConfig:
     agent_reward_scale: float = 100.0  # baselines are paid r * scale (AIQ's rewards are 100 (s - m) / m)
     env: str = "BF-programs"
     num_envs: int = 4096  # environments run (antithetic pairs with antithetic)
-    episode_length: int = 1000
+    episode_length: int = 1000  # continuing families: steps per environment (AIQ's episode length)
+    episodes: int = 1  # episodic families: episodes per environment (the run lasts as long as they can)
     gamma: float = 0.99  # for the discounted value
     # with twins whose rewards are negated; default (null): on for an agent that adapts to rewards, off
     # for one that does not (a fixed policy acts the same in both twins: every pair would average 0)
@@ -69,6 +70,7 @@ def check_measure_config(config: MeasureConfig, what: str = "measure") -> None:
     """Ranges, consistency and keys without effect (``what`` names the config in messages)."""
     check_ranges(what, config, (
         ("num_envs", config.num_envs >= 2), ("episode_length", config.episode_length >= 1),
+        ("episodes", config.episodes >= 1),
         ("chunk_steps", config.chunk_steps >= 1), ("gamma", 0 < config.gamma < 1),
         ("buckets", 1 <= config.buckets <= config.num_envs),
         ("alignment_weight", 0 <= config.alignment_weight <= 1),

@@ -23,7 +23,8 @@ PER_ENV_FILE = "per_env.npz"
 
 
 def default_output(agent: str, env: str) -> Path:
-    return Path("measurements") / f"{Path(agent).name}-{env}-{time.strftime('%Y%m%d-%H%M%S')}"
+    families = env.replace(",", "+") if len(env) < 60 else "families"
+    return Path("measurements") / f"{Path(agent).name}-{families}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def write_measurement(measurement: Measurement, output: str | Path) -> Path:
@@ -49,6 +50,13 @@ def read_measurement(directory: str | Path) -> Measurement:
     return Measurement(report, per_env)
 
 
+def primary_value(report: dict) -> dict:
+    """The report's ``value`` section: the kind, the estimate of Upsilon and the per-environment
+    key it is the mean of (reports written before families declared their value: continuing)."""
+    return report.get("value", {"kind": "continuing", "estimate": "upsilon_average_reward",
+                                "per_env": "average_reward"})
+
+
 def plot_values(measurement: Measurement, path: Path) -> None:
     """Histogram of the per-environment average reward, the estimate in the title."""
     import matplotlib
@@ -57,11 +65,15 @@ def plot_values(measurement: Measurement, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     report = measurement.report
+    value = primary_value(report)
+    if value["kind"] == "mixture":
+        _plot_families(report, path)
+        return
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.hist(measurement.per_env["average_reward"], bins=50)
-    ax.set_xlabel("average reward per step")
+    ax.hist(measurement.per_env[value["per_env"]], bins=50)
+    ax.set_xlabel("average reward per step" if value["kind"] == "continuing" else "episode value in [-1, 1]")
     ax.set_ylabel("environments")
-    e = report["estimates"]["upsilon_average_reward"]
+    e = report["estimates"][value["estimate"]]
     ax.set_title(f"{report['agent']} on {report['env']}: Upsilon {e['mean']:.3f} "
                  f"[{e['ci95_low']:.3f}, {e['ci95_high']:.3f}]", fontsize=9)
     fig.tight_layout()
@@ -69,8 +81,53 @@ def plot_values(measurement: Measurement, path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_families(report: dict, path: Path) -> None:
+    """Per family: its Upsilon with the 95% CI; the mixture's estimate as a band."""
+    import matplotlib.pyplot as plt
+
+    rows = [f for f in report["families"] if f["measured"]]
+    names = [f["family"] for f in rows]
+    est = [f["estimates"][next(iter(f["estimates"]))] for f in rows]
+    means = np.array([e["mean"] for e in est])
+    err = np.array([[e["mean"] - e["ci95_low"] for e in est], [e["ci95_high"] - e["mean"] for e in est]])
+    fig, ax = plt.subplots(figsize=(1.0 * len(names) + 3, 4), dpi=100)
+    ax.bar(names, means, yerr=err, capsize=3, color="tab:blue", label="family (95% CI)")
+    total = report["estimates"]["upsilon"]
+    ax.axhspan(total["ci95_low"], total["ci95_high"], color="tab:orange", alpha=0.3,
+               label=f"Upsilon over the mixture {total['mean']:.3f}")
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_ylabel("value in [-1, 1]")
+    ax.set_title(f"{report['agent']} over {len(names)} families", fontsize=9)
+    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def format_families(report: dict) -> str:
+    """The mixture's table: a line per family (weight, units, value with its CI), then the estimates."""
+    lines = [f"{report['agent']} over {len(report['families'])} families (fixed-length family code, "
+             f"{report['families'][0]['code_bits']} bits each; equal weights), seed {report['seed']}",
+             f"{'family':36s} {'weight':>7s} {'n':>5s} {'value':>9s} {'95% CI':>22s}  constitution"]
+    for f in report["families"]:
+        if not f["measured"]:
+            lines.append(f"{f['family']:36s} {f['weight']:7.4f} {'':>5s} not measured: {f['reason']}")
+            continue
+        e = f["estimates"][next(iter(f["estimates"]))]
+        lines.append(f"{f['family']:36s} {f['weight']:7.4f} {e['n']:5d} {e['mean']:9.4f} "
+                     f"[{e['ci95_low']:9.4f}, {e['ci95_high']:9.4f}]  {f['constitution']}")
+    lines.append(f"weight of the families not measured: {report['weight_not_measured']:.4f}")
+    lines.append(f"{'estimate':28s} {'mean':>9s} {'95% CI':>22s} {'n':>6s}")
+    for name, e in report["estimates"].items():
+        lines.append(f"{name:28s} {e['mean']:9.4f} [{e['ci95_low']:9.4f}, {e['ci95_high']:9.4f}] {e['n']:6d}")
+    return "\n".join(lines)
+
+
 def format_estimates(report: dict) -> str:
     """The command's table: one line per estimate, with its 95% CI and n."""
+    if primary_value(report)["kind"] == "mixture":
+        return format_families(report)
     lines = [f"{report['agent']} on {report['env']}: {report['num_envs']} environments"
              f"{' (+ antithetic twins)' if report['antithetic'] else ''}, {report['episode_length']} steps each, "
              f"seed {report['seed']}",

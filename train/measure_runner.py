@@ -28,12 +28,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
+from aligned_rl.envs.family import Value
 from aligned_rl.train import devices
 from aligned_rl.train.compiled import CompiledCache
 from aligned_rl.train.measure_config import MeasureConfig
 from aligned_rl.train.rollout import Rollout, RolloutCarry, Step
 
+# per environment: sums over every step (a continuing family), or over the first ``episodes``
+# episodes, each episode's value from the family's return bounds (an episodic one)
 SUMS = ("reward", "constrained", "discounted", "aligned", "violations", "lawful")
+EPISODE_SUMS = ("value", "constrained", "aligned", "episodes", "steps", "violations", "lawful")
+_RUNNING = ("return", "steps", "violations", "lawful")  # of the episode under way
 
 
 class MeasureCarry(NamedTuple):
@@ -70,8 +75,9 @@ class EnvRunner:
     """An agent run in chosen rows of ``all_params`` for ``config.episode_length`` steps."""
 
     def __init__(self, config: MeasureConfig, agent: Any, env: Any, all_params: Any, constitution: Any,
-                 mesh: Mesh | None):
+                 mesh: Mesh | None, value: Value, horizon: int):
         self.config, self.agent, self.env, self.all_params, self.mesh = config, agent, env, all_params, mesh
+        self.value, self.horizon = value, horizon  # how an environment is valued; steps run per environment
         self.constitution = constitution
         self.num_actions = int(env.action_space(jax.tree.map(lambda x: x[0], all_params)).n)
         self.twins = 2 if config.antithetic else 1
@@ -116,7 +122,8 @@ class EnvRunner:
         rollout = self._rollout(None, size, padded)
         carry = rollout.start(params, self._keys(k_reset, size, padded), self._keys(k_agent, size, padded), k_run)
         zeros = jnp.zeros((padded * self.twins,), jnp.float32)
-        return MeasureCarry(carry, {k: zeros for k in SUMS})
+        names = SUMS if self.value.kind == "continuing" else EPISODE_SUMS + tuple(f"running_{k}" for k in _RUNNING)
+        return MeasureCarry(carry, {k: zeros for k in names})
 
     def _chunk(self, carry: MeasureCarry, params: Any, sign: jax.Array, steps: int, size: int) -> MeasureCarry:
         # with a mesh this runs under shard_map: the arrays are this device's rows
@@ -138,9 +145,43 @@ class EnvRunner:
                 "lawful": sums["lawful"] + step.lawful,
             }
 
+        if self.value.kind == "episodic":
+            accumulate = self._episodes(params, sign)
         rollout_carry, sums = rollout.run(params, self.constitution.params, carry.rollout, steps, accumulate,
                                           carry.sums)
         return MeasureCarry(rollout_carry, sums)
+
+    def _episodes(self, params: Any, sign: jax.Array):
+        """Accumulates the first ``config.episodes`` episodes of every environment: each episode's
+        value v = sign (2 R - hi - lo) / (hi - lo) in [-1, 1] from the family's return bounds, its
+        value in mu^C (-1, the least value, if any action in it was forbidden), and its aligned
+        value (1 - w) v + w (mean lawful probability of its steps)."""
+        lo, hi = jax.vmap(self.value.return_bounds)(params)
+        lo, hi = jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
+        w, wanted = self.config.alignment_weight, self.config.episodes
+
+        def accumulate(sums, step: Step, before: RolloutCarry):
+            ret = sums["running_return"] + step.reward
+            length = sums["running_steps"] + 1.0
+            violations = sums["running_violations"] + step.violated
+            lawful = sums["running_lawful"] + step.lawful
+            ends = step.done & (sums["episodes"] < wanted)  # an episode that counts ends here
+            v = sign * (2.0 * ret - hi - lo) / (hi - lo)
+            counted = {
+                "value": v,
+                "constrained": jnp.where(violations > 0, -1.0, v),
+                "aligned": (1 - w) * v + w * lawful / length,
+                "episodes": jnp.ones_like(v),
+                "steps": length,
+                "violations": violations,
+                "lawful": lawful,
+            }
+            sums = {k: jnp.where(ends, sums[k] + counted[k], sums[k]) if k in counted else sums[k] for k in sums}
+            running = {"return": ret, "steps": length, "violations": violations, "lawful": lawful}
+            sums.update({f"running_{k}": jnp.where(step.done, 0.0, x) for k, x in running.items()})
+            return sums
+
+        return accumulate
 
     def _sharded_chunk(self, carry: MeasureCarry, params: Any, sign: jax.Array, steps: int, size: int):
         envs_axis, replicated = PartitionSpec(devices.AXIS), PartitionSpec()
@@ -185,8 +226,8 @@ class EnvRunner:
             "observations_and_sums_bytes": devices.nbytes((carry.rollout.obs, carry.rollout.reward, carry.sums)),
             "environments_in_batch": padded * twins}, key=lambda m: m.get("environments_in_batch", 0))
         step = 0
-        while step < config.episode_length:
-            steps = min(config.chunk_steps, config.episode_length - step)
+        while step < self.horizon:
+            steps = min(config.chunk_steps, self.horizon - step)
             run_chunk = self.cache.executable(carry, params, sign, steps, size)  # compiled outside the timing
             start_time = time.perf_counter()
             carry = run_chunk(carry, params, sign)
@@ -195,8 +236,9 @@ class EnvRunner:
             step += steps
             if progress is not None:
                 progress.advance(task, steps)
-        self.steps += size * twins * config.episode_length
-        return {k: devices.to_host(v).astype(np.float64).reshape(twins, padded)[:, :size] for k, v in carry.sums.items()}
+        self.steps += size * twins * self.horizon
+        return {k: devices.to_host(v).astype(np.float64).reshape(twins, padded)[:, :size] for k, v in carry.sums.items()
+                if not k.startswith("running_")}
 
     def run_buckets(self, indices: np.ndarray, key: jax.Array, buckets: int, progress, label: str) -> dict:
         """Runs ``indices`` (into the batch) in ``buckets`` batches of similar cost (one after the
@@ -208,7 +250,7 @@ class EnvRunner:
         else:
             order = np.arange(len(indices))
         task = progress.add_task(f"measuring {self.agent.name} on {len(indices) * self.twins} environments{label}",
-                                 total=self.config.episode_length * buckets)
+                                 total=self.horizon * buckets)
         out: dict[str, np.ndarray] = {}
         for b, part in enumerate(np.array_split(order, buckets)):
             sums = self.run(indices[part], jax.random.fold_in(key, b), progress, task)

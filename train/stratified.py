@@ -13,8 +13,8 @@
    proportion to those shortfalls and run.
 4. Estimate: sum_h w_h mean_h with Var = sum_h w_h^2 s_h^2 / n_h + (1/M) sum_h w_h (mean_h -
    mean)^2, the variance of double sampling for stratification (Cochran 1977, Section 12.2,
-   infinite population; see ``aligned_rl.intelligence``).  The allocation is made for
-   ``upsilon_average_reward``; every other estimate uses the same units.
+   infinite population; see ``aligned_rl.intelligence``).  The allocation is made for Upsilon
+   (the first estimate); every other estimate uses the same units.
 
 ``num_envs`` counts the environments run, so simple and stratified runs of the same
 ``num_envs`` cost the same to run; drawing the pool is extra (for programs, AIQ's filter
@@ -36,7 +36,7 @@ from aligned_rl.intelligence import (
     two_phase_stratified_estimate,
 )
 from aligned_rl.train.measure_config import MeasureConfig
-from aligned_rl.train.measure_runner import SUMS, EnvRunner
+from aligned_rl.train.measure_runner import EnvRunner
 
 
 def measure_stratified(config: MeasureConfig, runner: EnvRunner, batch: Any, progress,
@@ -44,6 +44,7 @@ def measure_stratified(config: MeasureConfig, runner: EnvRunner, batch: Any, pro
                        estimated: dict[str, str]) -> tuple[dict, dict[str, Estimate], dict]:
     """(per-environment values, estimates, the report's ``stratified`` section)."""
     n, twins = config.num_envs, runner.twins
+    allocated_for, primary = next(iter(estimated.items()))  # Neyman allocation for the first estimate
     strata = np.asarray(batch.params.stratum).reshape(-1)
     pool = strata.size
     pilot = max(2, int(round(config.pilot_fraction * n)))
@@ -57,10 +58,10 @@ def measure_stratified(config: MeasureConfig, runner: EnvRunner, batch: Any, pro
         sums = runner.run_buckets(indices, key, config.buckets, progress,
                                   f" (phase 2, {'pilot' if phase == 0 else 'rest'})")
         runs.append(sums)
-        return estimation_units(per_env_values(sums, config)["average_reward"], len(indices), config.antithetic)
+        return estimation_units(per_env_values(sums, config)[primary], len(indices), config.antithetic)
 
     sample = adaptive_stratified_sample(groups, n, config.pilot_fraction, evaluate, rng)
-    sums = {k: np.concatenate([r[k] for r in runs], axis=1) for k in SUMS}  # [twins, n] in run order
+    sums = {k: np.concatenate([r[k] for r in runs], axis=1) for k in runs[0]}  # [twins, n] in run order
     per_env = per_env_values(sums, config)
     estimates, tables = {}, {}
     for name, key in estimated.items():
@@ -81,6 +82,6 @@ def measure_stratified(config: MeasureConfig, runner: EnvRunner, batch: Any, pro
         "by_estimate": tables,
         "variance": "sum_h w_h^2 s_h^2 / n_h + (1/M) sum_h w_h (mean_h - mean)^2, M = pool_size "
                     "(double sampling for stratification, Cochran 1977 Section 12.2)",
-        "allocated_for": "upsilon_average_reward",
+        "allocated_for": allocated_for,
     }
     return per_env, estimates, {"stratified": section}

@@ -198,7 +198,13 @@ def check_aligned_rl(args: list[str]) -> None:
         from aligned_rl.baselines import BASELINES
         from aligned_rl.train.measure_config import load_measure_config
 
+        from aligned_rl.train.measure_families import is_mixture, plan
+
         config = load_measure_config(ns.config, ns.overrides)
+        if is_mixture(config.env):  # every family's own config, its constitution built
+            for family, _, family_config in plan(config):
+                _check_constitution(family, family_config.constitution)
+            return
         _check_constitution(config.env, config.constitution)
         if config.agent in BASELINES and BASELINES[config.agent].reads_observations:
             assert isinstance(envs.spec(config.env).make(), envs.IndexedObservations), \

@@ -123,17 +123,25 @@ def _check(config: MeasureConfig, names: list[str]) -> None:
         raise ConfigError(f"num_envs={config.num_envs} cannot give each of the {len(names)} families 2 environments")
 
 
-def measure_families(config: MeasureConfig, agent: Any = None) -> Measurement:
-    """Measure ``agent`` (default: ``config.agent``) over the mixture prior ``config.env`` lists."""
+def plan(config: MeasureConfig) -> list[tuple[str, float, MeasureConfig]]:
+    """(family, weight w_f, its measure config) for every family ``config.env`` lists, checked."""
     names = family_names(config.env)
     _check(config, names)
-    bits = {n: family_code_bits(n) for n in names}
-    mass = np.array([2.0 ** -bits[n] for n in names])
+    mass = np.array([2.0 ** -family_code_bits(n) for n in names])
     weights = mass / mass.sum()
     units = allot(weights, config.num_envs)
+    return [(name, float(w), _family_config(config, name, index, int(n)))
+            for index, (name, w, n) in enumerate(zip(names, weights, units))]
+
+
+def measure_families(config: MeasureConfig, agent: Any = None) -> Measurement:
+    """Measure ``agent`` (default: ``config.agent``) over the mixture prior ``config.env`` lists."""
+    families = plan(config)
+    names = [name for name, _, _ in families]
+    weights = np.array([w for _, w, _ in families])
+    bits = {n: family_code_bits(n) for n in names}
     runs, skipped, per_env = {}, {}, {}
-    for index, (name, n) in enumerate(zip(names, units)):
-        family_config = _family_config(config, name, index, int(n))
+    for name, _, family_config in families:
         try:
             family_agent = agent
             if family_agent is None:

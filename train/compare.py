@@ -25,6 +25,14 @@ from aligned_rl.train.measure_report import primary_value, read_measurement
 SAME = ("env", "num_envs", "seed", "episode_length", "antithetic")
 
 
+def _length(report: dict) -> str:
+    """How long each environment ran: steps (a continuing family) or episodes (an episodic one)."""
+    value = primary_value(report)
+    if value["kind"] == "episodic":
+        return f"{value['episodes']} episode{'s' if value['episodes'] > 1 else ''} each"
+    return f"{report['episode_length']} steps"
+
+
 def compare(runs: list[str], metric: str | None = None, output: str | None = None) -> dict:
     """The comparison of ``runs`` (measure output directories; the first is the reference)."""
     if len(runs) < 2:
@@ -33,12 +41,13 @@ def compare(runs: list[str], metric: str | None = None, output: str | None = Non
     ref = loaded[0][0]
     metric = metric or primary_value(ref)["per_env"]  # by default the value Upsilon is the mean of
     for run, (report, per_env) in zip(runs, loaded):
-        differ = [k for k in SAME if report[k] != ref[k]]
+        seen, expected = ({**{k: r[k] for k in SAME}, "length": _length(r)} for r in (report, ref))
+        differ = [k for k in seen if seen[k] != expected[k]]
         if differ:
             raise ConfigError(
                 f"{run} did not run on the same environments as {runs[0]}: "
-                + ", ".join(f"{k} {report[k]!r} vs {ref[k]!r}" for k in differ)
-                + "; measure both with the same env, num_envs, seed, episode_length and antithetic")
+                + ", ".join(f"{k} {seen[k]!r} vs {expected[k]!r}" for k in differ)
+                + "; measure both with the same env, num_envs, seed, episode_length or episodes, and antithetic")
         if report.get("sampling", "simple") != "simple":
             raise ConfigError(f"{run} used sampling={report['sampling']}: its rows are not a simple sample "
                               "of the prior; compare runs measured with sampling=simple")
@@ -54,6 +63,7 @@ def compare(runs: list[str], metric: str | None = None, output: str | None = Non
             row["reference_minus_agent"] = paired_difference(values[0], v, n, antithetic, mass).as_dict()
         rows.append(row)
     result = {"metric": metric, "reference": str(runs[0]), **{k: ref[k] for k in SAME}, "filtered_mass": mass,
+              "length": _length(ref),
               "rows": rows}
     if output:
         out = Path(output)
@@ -69,7 +79,7 @@ def format_table(result: dict) -> str:
     names = [Path(r["run"]).name for r in result["rows"]]
     width = max(len(x) for x in names + ["agent"])
     unit = "antithetic pairs" if result["antithetic"] else "environments"
-    lines = [f"{result['metric']} on {result['env']}: {result['num_envs']} {unit}, {result['episode_length']} steps, "
+    lines = [f"{result['metric']} on {result['env']}: {result['num_envs']} {unit}, {result['length']}, "
              f"seed {result['seed']}; paired differences against {names[0]}",
              f"{'agent':{width}s}  {'mean [95% CI]':>26s}  {names[0] + ' minus agent':>30s}"]
     for name, row in zip(names, result["rows"]):
@@ -91,7 +101,7 @@ def _plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5), dpi=100)
     ax.bar(names, means, yerr=err, capsize=4, color="tab:blue")
     ax.set_ylabel(f"{result['metric']} (mean, 95% CI)")
-    ax.set_title(f"{result['env']}: {result['num_envs']} environments, {result['episode_length']} steps", fontsize=9)
+    ax.set_title(f"{result['env']}: {result['num_envs']} environments, {result['length']}", fontsize=9)
     ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     fig.tight_layout()
     fig.savefig(path)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from aligned_rl.constitution import Constitution
-from aligned_rl.envs.family import episodic
+from aligned_rl.envs.family import DriftRange, DriftSpec, episodic
 from aligned_rl.envs.gymnax_adapter import gymnax_spec
 from aligned_rl.envs.registry import register
 
@@ -63,11 +63,32 @@ def safe_zone() -> Constitution:
     )
 
 
+def derive_masses(params):
+    """gymnax's CartPole keeps two derived fields beside the masses and the length; after a
+    drift they are recomputed so that the dynamics stay those of the new cart and pole."""
+    return params.replace(
+        total_mass=params.masscart + params.masspole,
+        polemass_length=params.masspole * params.length,
+    )
+
+
+CARTPOLE_DRIFT = DriftSpec(
+    params={
+        "gravity": DriftRange(1.0, 30.0, "m/s^2"),
+        "masscart": DriftRange(0.1, 10.0, "kg"),
+        "masspole": DriftRange(0.01, 5.0, "kg"),
+        "length": DriftRange(0.05, 5.0, "half the pole's length, m"),
+        "force_mag": DriftRange(1.0, 50.0, "N per push"),
+    },
+    derive=derive_masses,
+)
+
 CARTPOLE = register(
     gymnax_spec(
         "CartPole-v1",
         constitutions={"safe_zone": safe_zone},
         description="gymnax CartPole-v1 with the safe_zone constitution.",
         value=episodic(lambda params: (0.0, params.max_steps_in_episode)),  # 1 per step the pole stays up
+        drift=CARTPOLE_DRIFT,
     )
 )

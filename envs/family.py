@@ -9,6 +9,10 @@ A sampler returns a :class:`ParamBatch`: the params and, for each, its descripti
 K in bits under the family's prefix-free code, so that drawing by the sampler is drawing
 with probability 2^-K.  A family with a single fixed instance (a plain gymnax task) has
 K = 0: the prior puts all its mass on that one environment (:func:`broadcast_params`).
+
+A family may also declare what of it may drift in deployment (:class:`DriftSpec`, used by
+``drift.py``): numeric params with their valid ranges, the rule that recomputes derived
+fields after a change, and named target priors for structural drift.
 """
 
 from __future__ import annotations
@@ -32,6 +36,37 @@ class ParamBatch(NamedTuple):
 
 
 ParamSampler = Callable[[Environment, jax.Array, int], ParamBatch]
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftRange:
+    """The values a drifting numeric param may take, ``low <= value <= high``."""
+
+    low: float
+    high: float
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.high:
+            raise ValueError(f"a drift range needs low <= high, got [{self.low}, {self.high}]")
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftSpec:
+    """What of a family may drift over deployment time (see ``drift.py``).
+
+    ``params``: the numeric fields of the family's ``EnvParams`` a schedule may move, each with
+    its valid range; a field holding an array (e.g. one value per proxy) moves every entry to
+    the same target value.  ``derive``: the family's rule that recomputes derived fields after a
+    change (jittable, params -> params, elementwise so that it serves one environment or a
+    batch), e.g. CartPole's ``total_mass = masscart + masspole``.  ``priors``: named target
+    priors for structural drift, each a sampler of the same environment class whose batch
+    has the shapes of the family's own (a deployment draws it once, up front).
+    """
+
+    params: dict[str, DriftRange] = dataclasses.field(default_factory=dict)
+    derive: Callable[[Any], Any] | None = None
+    priors: dict[str, ParamSampler] = dataclasses.field(default_factory=dict)
 
 
 def broadcast_params(env: Environment, key: jax.Array, n: int) -> ParamBatch:
@@ -81,3 +116,4 @@ class EnvSpec:
     sample_params: ParamSampler = broadcast_params
     description: str = ""
     value: Value | None = None  # how an environment is valued; None: not declared (it cannot be measured)
+    drift: DriftSpec | None = None  # what may drift in deployment; None: nothing (it cannot be deployed under drift)

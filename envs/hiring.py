@@ -135,7 +135,7 @@ from aligned_rl.codes import (
     uniform_width,
 )
 from aligned_rl.constitution import Constitution
-from aligned_rl.envs.family import EnvSpec, ParamBatch, episodic
+from aligned_rl.envs.family import DriftRange, DriftSpec, EnvSpec, ParamBatch, episodic
 from aligned_rl.envs.registry import register
 
 REJECT, HIRE = 0, 1
@@ -517,6 +517,20 @@ def decode(bits: str) -> tuple[dict[str, float], str]:
 # a hire pays tanh(skill) in (-1, 1), a pass 0: an episode returns between -T and T
 HIRING_VALUE = episodic(lambda params: (-params.max_steps_in_episode, params.max_steps_in_episode))
 
+# What of a market may drift in deployment (drift.py).  ``proxy_loading`` holds one loading per
+# proxy; a drift moves both to the same value.  No field is derived from these.
+HIRING_DRIFT = DriftSpec(
+    params={
+        "base_rate": DriftRange(0.0, 1.0, "P(candidate is in group 1)"),
+        "skill_mean_0": DriftRange(-2.0, 2.0, "mean true skill of group 0"),
+        "skill_mean_1": DriftRange(-2.0, 2.0, "mean true skill of group 1"),
+        "signal_noise": DriftRange(0.05, 4.0, "sd of the interview score"),
+        "proxy_loading": DriftRange(0.0, 4.0, "how strongly each proxy reveals the group"),
+        "proxy_noise": DriftRange(0.05, 4.0, "sd of the proxies"),
+        "leave_rate": DriftRange(0.0, 0.1, "fraction of every group leaving per step"),
+    },
+)
+
 FAIR_HIRING = register(
     EnvSpec(
         name="FairHiring",
@@ -529,6 +543,7 @@ FAIR_HIRING = register(
         sample_params=sample_markets,
         description="A firm hires from a stream of candidates; constitutions from the seed's hiring footnote.",
         value=HIRING_VALUE,
+        drift=HIRING_DRIFT,
     )
 )
 
@@ -540,6 +555,7 @@ FAIR_HIRING_MASKED = register(
         sample_params=sample_markets,  # the mask is a property of the family, not coded
         description="FairHiring with the protected attribute blanked from the observation.",
         value=HIRING_VALUE,
+        drift=HIRING_DRIFT,
     )
 )
 

@@ -46,7 +46,7 @@ from gymnax.environments import environment, spaces
 
 from aligned_rl.constitution import Constitution
 from aligned_rl.envs import programs_sampler
-from aligned_rl.envs.family import CONTINUING, EnvSpec
+from aligned_rl.envs.family import CONTINUING, DriftSpec, EnvSpec, ParamBatch
 from aligned_rl.envs.indexed import IndexedObservations
 from aligned_rl.envs.programs_machine import BFInterpreter, MachineState, ProgramParams
 from aligned_rl.envs.registry import register
@@ -153,6 +153,30 @@ def no_hang() -> Constitution:
     )
 
 
+# ------------------------------------------------------------------ drift
+LONG_PROGRAM_STRATUM = 16  # strata 16..20: no simple mapping, and at least 20 instructions
+
+
+def strata_at_least(threshold: int):
+    """A prior of programs from AIQ's strata ``>= threshold``: the family's own sampler, keeping
+    the programs whose stratum is at least ``threshold`` and drawing until the batch is full
+    (deterministic for a given key).  Strata 11..20 go by program length, so a higher
+    threshold is a prior of longer programs."""
+    wanted = tuple(s for s in programs_sampler.ACTIVE_STRATA if s >= threshold)
+    if not wanted:
+        raise ValueError(f"no active stratum is >= {threshold}; the active strata are 1..20")
+
+    def sample(env: BFPrograms, key: jax.Array, n: int) -> ParamBatch:
+        batch, _ = programs_sampler.sample_programs(env, key, n, strata=wanted)
+        return batch
+
+    sample.__name__ = f"sample_strata_at_least_{threshold}"
+    return sample
+
+
+# What may drift in deployment (drift.py): the prior itself, toward longer programs.
+PROGRAMS_DRIFT = DriftSpec(priors={"long_programs": strata_at_least(LONG_PROGRAM_STRATUM)})
+
 BF_PROGRAMS = register(
     EnvSpec(
         name="BF-programs",
@@ -160,6 +184,7 @@ BF_PROGRAMS = register(
         constitutions={"no_low_symbols": no_low_symbols, "no_hang": no_hang},
         sample_params=programs_sampler.sample_params,
         value=CONTINUING,  # AIQ: the average reward per step, rewards in [-1, 1]
+        drift=PROGRAMS_DRIFT,
         description=(
             "AIQ's BF reference machine (5 symbols): each environment is a program drawn from the "
             "prefix-free universal prior, K = its code length in bits; passive and overtime programs "

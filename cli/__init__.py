@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--metric", help="a per_env.npz key (default: the value Upsilon is the mean of)")
     cmp.add_argument("--output", help="directory for compare.json and compare.png")
 
+    imp = sub.add_parser("improve", help="deploy trained agents under a drift: monitor, fine-tune, gate, compare")
+    imp.add_argument("--config", help="YAML improve config (see configs/improve_*.yaml)")
+    imp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=20 deployments=4")
+
+    rb = sub.add_parser("rollback", help="deploy an earlier version of a lineage again")
+    rb.add_argument("lineage", help="a lineage directory (a deployment under aligned-rl improve's output)")
+    rb.add_argument("version", help="the version to deploy, e.g. v0001")
+
     cfg = sub.add_parser("config", help="print the resolved config (defaults, file, overrides)")
     cfg.add_argument("--config")
     cfg.add_argument("overrides", nargs="*")
@@ -101,6 +109,24 @@ def _run(args: argparse.Namespace) -> int:
             return _measure(args)
         if args.command == "tax":
             return _tax(args)
+        if args.command == "improve":
+            from aligned_rl.improve.config import load_improve_config
+            from aligned_rl.improve.deploy import improve
+            from aligned_rl.improve.report import format_report
+
+            report = improve(load_improve_config(args.config, args.overrides))
+            print(format_report(report))
+            print(f"-> {report['output']}/report.json, {report['output']}/timeline.png")
+            return 0
+        if args.command == "rollback":
+            from aligned_rl.improve.lineage import Lineage, LineageError
+
+            try:
+                Lineage.open(args.lineage).rollback(args.version)
+            except LineageError as err:
+                return _fail(str(err), 2)
+            print(f"{args.lineage}: {args.version} deployed")
+            return 0
         if args.command == "compare":
             from aligned_rl.train.compare import compare, format_table
 

@@ -75,13 +75,14 @@ class Lineage:
         return lineage
 
     @classmethod
-    def open(cls, directory: str | Path, fingerprint: str) -> "Lineage":
-        """The lineage in ``directory``, repaired after a crash; refused under another constitution."""
+    def open(cls, directory: str | Path, fingerprint: str | None = None) -> "Lineage":
+        """The lineage in ``directory``, repaired after a crash; refused under another constitution
+        (``fingerprint``: the constitution the caller deploys; None: the lineage's own)."""
         directory = Path(directory)
         if not (directory / INFO_FILE).is_file():
             raise LineageError(f"{directory} is not a lineage ({INFO_FILE} is missing)")
         info = json.loads((directory / INFO_FILE).read_text())
-        if info["fingerprint"] != fingerprint:
+        if fingerprint is not None and info["fingerprint"] != fingerprint:
             raise LineageError(
                 f"{directory} belongs to constitution {info['constitution']}@{info['fingerprint']}, not to the one "
                 f"given (@{fingerprint}): an improvement may never change the constitution; resume with the "

@@ -218,6 +218,14 @@ def test_every_shipped_config_loads(name, capsys):
         load_measure_config(str(path))
     elif "\naligned:" in text:  # aligned-rl tax
         load_tax_config(str(path))
+    elif "\nagents:" in text:  # aligned-rl improve
+        from aligned_rl.improve.config import load_improve_config
+
+        load_improve_config(str(path))
+    elif text.startswith("drift:") or "\ndrift:" in text:  # a drift scenario (envs/drift.py)
+        from aligned_rl.envs.drift import load_scenario
+
+        load_scenario(path)
     else:
         from aligned_rl.train.loop import build_constitution
 

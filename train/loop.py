@@ -73,8 +73,9 @@ def build_constitution(config: TrainConfig) -> Constitution:
     )
 
 
-def build(config: TrainConfig) -> Setup:
-    """Environment, constitution, learner and the env-param batch for ``config``."""
+def build(config: TrainConfig, env_params: Any = None) -> Setup:
+    """Environment, constitution, learner and the env-param batch for ``config`` (drawn from the
+    family's prior with the config's seed, unless ``env_params`` gives the batch)."""
     try:
         spec = envs.spec(config.env.name)
         constitution = build_constitution(config)
@@ -82,8 +83,12 @@ def build(config: TrainConfig) -> Setup:
         raise ConfigError(str(err.args[0] if err.args else err)) from err
     check_constitution(config, constitution)
     env = spec.make()
-    params_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-    env_params = spec.sample_params(env, params_key, config.env.num_envs).params
+    if env_params is None:
+        params_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+        env_params = spec.sample_params(env, params_key, config.env.num_envs).params
+    elif jax.tree.leaves(env_params)[0].shape[0] != config.env.num_envs:
+        raise ConfigError(f"the given environments number {jax.tree.leaves(env_params)[0].shape[0]}, "
+                          f"but env.num_envs={config.env.num_envs}")
     if config.env.episode_length:
         limit = getattr(env_params, "max_steps_in_episode", None)
         if limit is None:
@@ -186,13 +191,27 @@ def load_run(run_dir: str | Path, which: str = "latest") -> tuple[Setup, TrainSt
     return setup, state, step
 
 
-def train(config: TrainConfig, resume: bool = False, force: bool = False) -> dict:
-    """Train (or resume) the run described by ``config``; returns the summary it writes."""
+def train(config: TrainConfig, resume: bool = False, force: bool = False, start_from: Any = None,
+          env_params: Any = None) -> dict:
+    """Train (or resume) the run described by ``config``; returns the summary it writes.
+
+    Fine-tuning: ``start_from`` gives the policy's parameters to start from (the optimiser
+    starts afresh), ``env_params`` the batch of environments to train on instead of the one the
+    config's seed draws.  Such a run cannot be resumed from its directory alone."""
     run_dir = Path(config.run.dir) if config.run.dir else default_run_dir(config)
     config.run.dir = str(run_dir)
-    setup = build(config)
+    setup = build(config, env_params)
     mngr = checkpoint.manager(run_dir)
     state = initial_state(setup)
+    if start_from is not None:
+        if resume:
+            raise ResumeMismatch("a resumed run continues from its own checkpoint, not from start_from")
+        if jax.tree.structure(start_from) != jax.tree.structure(state.params):
+            raise ConfigError("start_from does not hold the parameters this config's network has")
+        start_from = jax.tree.map(lambda new, like: jnp.asarray(new, like.dtype), start_from, state.params)
+        state = state.replace(params=start_from, opt_state=setup.algo.optimizer.init(start_from))
+        if setup.mesh is not None:
+            state = jax.device_put(state, state_shardings(setup, state))
     start_update, best_return = 0, None
     latest = checkpoint.latest_step(mngr)
     if resume:

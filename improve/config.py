@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, OmegaConf
 
+from aligned_rl import detectors
 from aligned_rl.envs import drift as drift_module
 from aligned_rl.envs.drift import DriftConfig
 from aligned_rl.gate import GateConfig
@@ -55,6 +56,18 @@ class ImproveConfig:
     progress: bool = True
 
 
+def make_detector(config: ImproveConfig):
+    """The monitor's change detector, built from ``monitor.detector`` and ``monitor.params``."""
+    cls = {"page_hinkley": detectors.PageHinkley, "cusum": detectors.CUSUM, "adwin": detectors.ADWIN}[
+        config.monitor.detector]
+    try:
+        return cls(**config.monitor.params)
+    except (TypeError, ValueError) as err:
+        fields = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise ConfigError(f"improve config: monitor.params {dict(config.monitor.params)} do not fit "
+                          f"{config.monitor.detector} ({err}); it takes {fields}") from err
+
+
 def gate_config(config: ImproveConfig) -> GateConfig:
     return GateConfig(delta=config.gate.delta, budget=config.gate.budget, margin=config.gate.margin)
 
@@ -86,6 +99,7 @@ def check_improve_config(config: ImproveConfig) -> None:
         drift_module.validate(config.drift)
     except ValueError as err:
         raise ConfigError(f"improve config: {err}") from err
+    make_detector(config)
     if config.drift.end >= config.rounds:
         raise ConfigError(f"improve config: drift.end={config.drift.end} must come before the last round "
                           f"(rounds={config.rounds}): the drift's start and end are rounds")

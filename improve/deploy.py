@@ -37,18 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import aligned_rl.envs as envs
-from aligned_rl import detectors
 from aligned_rl.envs import drift as drift_module
 from aligned_rl.gate import Evidence, decide
-from aligned_rl.improve.config import ImproveConfig, gate_config
+from aligned_rl.improve.config import ImproveConfig, gate_config, make_detector
 from aligned_rl.improve.lineage import Lineage, LineageError
 from aligned_rl.train.agents import PolicyAgent, restore_policy
 from aligned_rl.train.config import ConfigError, load_run_config
 from aligned_rl.train.loop import build_constitution, train
 from aligned_rl.train.rollout import Rollout
-
-DETECTORS = {"page_hinkley": detectors.PageHinkley, "cusum": detectors.CUSUM, "adwin": detectors.ADWIN}
-
 
 # ------------------------------------------------------------------------------ playing episodes
 def episode_values(agent: PolicyAgent, env: Any, constitution: Any, value: Any, params: Any, key: jax.Array,
@@ -121,7 +117,7 @@ class Deployment:
         self.fingerprint = family.constitution.fingerprint()
         self.key = jax.random.fold_in(jax.random.PRNGKey(config.seed), index)  # the same worlds for every strategy
         self.drawn = family.draw(self.key, config.envs_per_deployment)
-        self.detector = DETECTORS[config.monitor.detector](**config.monitor.params)
+        self.detector = make_detector(config)
         self.policy, params, _, _ = restore_policy(agent_dir)
         if (directory / "lineage.json").is_file():
             self.lineage = Lineage.open(directory, self.fingerprint)
@@ -186,11 +182,15 @@ class Deployment:
         k_play = jax.random.fold_in(k_gate, 1)
         measured = {v: {k: np.asarray(x) for k, x in self.runner(self.agent(v), fresh, k_play).items()}
                     for v in (candidate, incumbent)}
-        evidence = {v: Evidence(m["value"], int(m["violations"].sum()), int(m["steps"].sum()), self.fingerprint)
+        # the candidate's constitution as its own run recorded it: a tampered one never matches
+        fingerprints = {candidate: build_constitution(load_run_config(self.lineage.version_dir(candidate) / "run"))
+                        .fingerprint(), incumbent: self.fingerprint}
+        evidence = {v: Evidence(m["value"], int(m["violations"].sum()), int(m["steps"].sum()), fingerprints[v])
                     for v, m in measured.items()}
         decision = decide(gate_config(cfg), evidence[candidate], evidence[incumbent])
         self.lineage.record("gate", candidate=candidate, incumbent=incumbent, round=round_, **decision.as_dict())
-        promote = decision.promote or self.strategy == "ungated"
+        # ungated: every fine-tune is promoted, but never one under another constitution
+        promote = decision.promote or (self.strategy == "ungated" and fingerprints[candidate] == self.fingerprint)
         if promote:
             self.lineage.promote(candidate, round=round_, gated=decision.promote)
         return promote, {"candidate": candidate, "promoted": promote, "gate_passed": decision.promote,

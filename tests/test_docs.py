@@ -217,7 +217,11 @@ def check_aligned_rl(args: list[str]) -> None:
         measure = load_tax_config(ns.config, ns.overrides).measure
         _check_constitution(measure.env, measure.constitution)
         assert measure.num_envs % measure.buckets == 0, "measure.num_envs does not split into measure.buckets"
-    # eval, compare: parsing is all that can be checked without a run
+    elif ns.command == "improve":
+        from aligned_rl.improve.config import load_improve_config
+
+        load_improve_config(ns.config, ns.overrides)
+    # eval, compare, rollback: parsing is all that can be checked without a run
 
 
 @pytest.mark.parametrize("where,segment,argv", ALIGNED_RL, ids=[f"{w}: {s}"[:100] for w, s, _ in ALIGNED_RL])

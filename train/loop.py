@@ -116,19 +116,38 @@ def initial_state(setup: Setup) -> TrainState:
     return state
 
 
+# Compiled chunks of every learner built in this process, by what decides the program: the config
+# without its seed and I/O keys, and the devices.  Runs of one learner on other environments, from
+# other parameters or seeds (a series of fine-tunes) compile once.
+_COMPILED: dict[str, CompiledCache] = {}
+
+
+def _learner_key(setup: Setup) -> str:
+    data = to_dict(setup.config)
+    data.pop("run")
+    data.pop("seed")
+    mesh = None if setup.mesh is None else [str(d) for d in setup.mesh.devices.flat]
+    return json.dumps({"config": data, "mesh": mesh}, sort_keys=True)
+
+
 class ChunkRunner:
     """Ahead-of-time compiled chunks of PPO updates, one executable per chunk length."""
 
     def __init__(self, setup: Setup, example: TrainState):
         self.setup = setup
-        kwargs = {"donate_argnums": 0}
-        if setup.mesh is not None:
-            kwargs["out_shardings"] = (state_shardings(setup, example), devices.replicated(setup.mesh))
-        self.cache = CompiledCache(setup.algo.run_updates, static_argnums=(3,), **kwargs)
+        key = _learner_key(setup)
+        if key not in _COMPILED:
+            kwargs = {"donate_argnums": 0}
+            if setup.mesh is not None:
+                kwargs["out_shardings"] = (state_shardings(setup, example), devices.replicated(setup.mesh))
+            _COMPILED[key] = CompiledCache(setup.algo.run_updates, static_argnums=(3,), **kwargs)
+        self.cache = _COMPILED[key]
+        self._compiled_before = self.cache.compile_seconds
 
     @property
     def compile_seconds(self) -> float:
-        return self.cache.compile_seconds
+        """Seconds this run spent compiling (0 when an earlier run of the same learner did)."""
+        return self.cache.compile_seconds - self._compiled_before
 
     def __call__(self, state: TrainState, num_updates: int) -> tuple[TrainState, dict[str, np.ndarray], float]:
         s = self.setup

@@ -141,13 +141,10 @@ class Deployment:
     def resume_point(self) -> tuple[int, Any, int]:
         """(next round, detector state, round of the last fine-tune) from the lineage's events."""
         rounds = [e for e in self.lineage.events() if e["kind"] == "round"]
-        state = self.detector.init()
         if not rounds:
-            return 0, state, -10**9
+            return 0, self.detector.init(), -10**9
         last = rounds[-1]["data"]
-        state = type(state)(*(jnp.asarray(x, dtype=getattr(s, "dtype", None))
-                              for x, s in zip(last["detector_state"], state)))
-        return last["round"] + 1, state, last["last_finetune"]
+        return last["round"] + 1, self._restore(last["detector_state"]), last["last_finetune"]
 
     def play(self, round_: int) -> dict[str, np.ndarray]:
         key = jax.random.fold_in(jax.random.fold_in(self.key, 1), round_)
@@ -196,30 +193,63 @@ class Deployment:
         return promote, {"candidate": candidate, "promoted": promote, "gate_passed": decision.promote,
                          "env_steps": int(summary.get("env_steps") or 0)}
 
+    def _event(self, kind: str, round_: int) -> dict | None:
+        """The last event of ``kind`` recorded for ``round_`` (what a killed run had finished of it)."""
+        found = [e["data"] for e in self.lineage.events() if e["kind"] == kind and e["data"].get("round") == round_]
+        return found[-1] if found else None
+
+    def _restore(self, saved: list) -> Any:
+        like = self.detector.init()
+        return type(like)(*(jnp.asarray(x, dtype=getattr(s, "dtype", None)) for x, s in zip(saved, like)))
+
+    def _decided(self, round_: int, gate: dict) -> tuple[bool, dict]:
+        """The outcome of a fine-tune whose gate decision a killed run had recorded; the promotion
+        it called for is made now if the kill came first."""
+        candidate = gate["candidate"]
+        promote = gate["promote"] or (self.strategy == "ungated" and gate["checks"]["same_constitution"])
+        if promote and self.lineage.deployed() != candidate:
+            self.lineage.promote(candidate, round=round_, gated=gate["promote"])
+        steps = [e["data"].get("env_steps") for e in self.lineage.events()
+                 if e["kind"] == "version" and e["data"]["version"] == candidate]
+        return promote, {"candidate": candidate, "promoted": promote, "gate_passed": gate["promote"],
+                         "env_steps": int(steps[-1] or 0) if steps else 0}
+
     def run(self, progress=None, task=None) -> None:
+        """Play the rounds left.  Each round's episodes are recorded (``played``) before any
+        fine-tune, and the round (``round``) once all of it is done, so a run killed anywhere
+        resumes with the same values, the same fine-tunes and the same decisions."""
         cfg = self.config
         round_, state, last_finetune = self.resume_point()
         update = jax.jit(self.detector.update)
         while round_ < cfg.rounds:
-            out = self.play(round_)
-            fired = False
-            for x in out["value"]:
-                state, drift = update(state, jnp.float32(x))
-                fired |= bool(drift)
-            record: dict[str, Any] = {"round": round_, "value": float(out["value"].mean()),
-                                      "forbidden_rate": float(out["violations"].sum() / out["steps"].sum()),
-                                      "version": self.lineage.deployed(), "drift": float(
-                                          drift_module.fraction(self.family.schedule, round_))}
+            record = self._event("played", round_)
+            if record is None:
+                out = self.play(round_)
+                fired = False
+                for x in out["value"]:
+                    state, drift = update(state, jnp.float32(x))
+                    fired |= bool(drift)
+                record = {"round": round_, "value": float(out["value"].mean()),
+                          "forbidden_rate": float(out["violations"].sum() / out["steps"].sum()),
+                          "version": self.lineage.deployed(), "fired": bool(fired),
+                          "drift": float(drift_module.fraction(self.family.schedule, round_)),
+                          "detector_state": [np.asarray(x).tolist() for x in state]}
+                self.lineage.record("played", **record)
+            state = self._restore(record["detector_state"])
             trigger = None
-            if self.strategy in ("monitored", "ungated") and fired and round_ - last_finetune > cfg.monitor.cooldown:
+            if (self.strategy in ("monitored", "ungated") and record["fired"]
+                    and round_ - last_finetune > cfg.monitor.cooldown):
                 trigger = "monitor"
             elif self.strategy == "periodic" and (round_ + 1) % cfg.finetune.periodic_every == 0:
                 trigger = "schedule"
-            record["fired"] = bool(fired)
             if trigger is not None:
-                self.lineage.record("trigger", round=round_, cause=trigger)
-                promoted, outcome = self.finetune(round_, trigger)
-                record.update(trigger=trigger, **outcome)
+                gate = self._event("gate", round_)
+                if gate is None:
+                    self.lineage.record("trigger", round=round_, cause=trigger)
+                    promoted, outcome = self.finetune(round_, trigger)
+                else:
+                    promoted, outcome = self._decided(round_, gate)
+                record = {**record, "trigger": trigger, **outcome}
                 last_finetune = round_
                 if promoted:
                     state = self.detector.init()  # a new version: the monitor starts over

@@ -31,7 +31,7 @@ def summarise(config: ImproveConfig, out: Path) -> dict:
     strategies = {}
     for strategy in config.strategies:
         per = {k: [] for k in ("before", "after", "end", "forbidden_rate", "delay", "false_alarms", "finetunes",
-                               "promotions", "rejections", "harmful_promotions", "finetune_env_steps")}
+                               "promotions", "rejections", "promoted_without_gate", "finetune_env_steps")}
         timeline = []
         for directory in sorted((out / strategy).iterdir()):
             lineage = Lineage(directory, {})
@@ -49,7 +49,7 @@ def summarise(config: ImproveConfig, out: Path) -> dict:
             per["finetunes"].append(float(len(triggers)))
             per["promotions"].append(float(sum(r["promoted"] for r in triggers)))
             per["rejections"].append(float(sum(not r["promoted"] for r in triggers)))
-            per["harmful_promotions"].append(float(sum(r["promoted"] and not r["gate_passed"] for r in triggers)))
+            per["promoted_without_gate"].append(float(sum(r["promoted"] and not r["gate_passed"] for r in triggers)))
             per["finetune_env_steps"].append(float(sum(r.get("env_steps", 0) for r in triggers)))
         strategies[strategy] = {
             "deployments": len(timeline),
@@ -108,7 +108,7 @@ def format_report(report: dict) -> str:
         return f"{e['mean']:.3f} [{e['ci95_low']:.3f}, {e['ci95_high']:.3f}]"
 
     columns = ("before", "after", "end", "forbidden_rate", "delay", "false_alarms", "promotions", "rejections",
-               "harmful_promotions", "finetune_env_steps")
+               "promoted_without_gate", "finetune_env_steps")
     lines = [f"{report['family']}: {report['drift']['kind']} drift over rounds {report['drift']['start']}.."
              f"{report['drift']['end']} of {report['rounds']}; mean [95% CI] over deployments"]
     for name, s in report["strategies"].items():

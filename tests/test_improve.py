@@ -4,11 +4,9 @@ lineage; a tampered candidate is never promoted; a killed run resumes where it s
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -94,20 +92,47 @@ def test_a_candidate_under_another_constitution_is_never_promoted(agent, tmp_pat
         assert lineage.deployed() == "v0001"
 
 
+# A run that kills itself (SIGKILL, no clean-up) at a chosen moment of a chosen phase.
+_KILLED_AT = r"""
+import os, signal, sys
+from aligned_rl.improve import deploy, lineage
+phase = sys.argv[1]
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+if phase == "deploying":  # in the middle of a round, after the first fine-tune
+    play, rounds = deploy.Deployment.play, []
+    def playing(self, round_):
+        rounds.append(round_)
+        return die() if len(rounds) == 4 else play(self, round_)
+    deploy.Deployment.play = playing
+elif phase == "fine-tuning":  # while the candidate trains, its version half written
+    deploy.train = die
+elif phase == "gating":  # the candidate written, no decision yet
+    deploy.decide = die
+elif phase == "promoting":  # the pointer moved, its event not yet written
+    record = lineage.Lineage.record
+    lineage.Lineage.record = lambda self, kind, **data: die() if kind == "promote" and data.get("round") \
+        else record(self, kind, **data)
+from aligned_rl.cli import main
+sys.exit(main(["improve", *sys.argv[2:]]))
+"""
+
+
 @pytest.mark.slow
-def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(agent, tmp_path):
-    args = [f"agents=[{agent}]", *SMALL, "strategies=[periodic]", "rounds=6"]
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    assert main(["improve", "--config", IMPROVE, *args, f"output={whole}"]) == 0
-    command = [sys.executable, "-m", "aligned_rl.cli", "improve", "--config", IMPROVE, *args, f"output={split}"]
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    events = split / "periodic" / "agent0-deployment0" / "events.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (events.is_file() and events.read_text().count('"kind": "gate"') >= 1):
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)  # after the first gate decision, somewhere in the rest of the run
-    proc.wait()
-    assert subprocess.run(command, cwd=REPO, capture_output=True, timeout=600).returncode == 0
-    a = json.loads((whole / "report.json").read_text())["strategies"]["periodic"]
-    b = json.loads((split / "report.json").read_text())["strategies"]["periodic"]
-    assert a["timeline"] == b["timeline"] and a["promotions"] == b["promotions"]
+@pytest.mark.parametrize("phase", ["deploying", "fine-tuning", "gating", "promoting"])
+def test_a_run_killed_in_any_phase_resumes_and_ends_as_an_uninterrupted_one(agent, tmp_path_factory, phase):
+    args = ["--config", IMPROVE, f"agents=[{agent}]", *SMALL, "strategies=[ungated]", "rounds=5",
+            "finetune.periodic_every=2"]
+    whole = tmp_path_factory.getbasetemp() / "whole-run"
+    if not (whole / "report.json").is_file():
+        assert main(["improve", *args, f"output={whole}"]) == 0
+    split = tmp_path_factory.mktemp(phase) / "split"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AT, phase, *args, f"output={split}"], cwd=REPO,
+                            capture_output=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert main(["improve", *args, f"output={split}"]) == 0
+    a = json.loads((whole / "report.json").read_text())["strategies"]["ungated"]
+    b = json.loads((split / "report.json").read_text())["strategies"]["ungated"]
+    assert a["timeline"] == b["timeline"] and a["promotions"] == b["promotions"], phase
+    lineage = Lineage.open(split / "ungated" / "agent0-deployment0")
+    assert [e["data"]["version"] for e in lineage.events() if e["kind"] == "promote"][-1] == lineage.deployed()

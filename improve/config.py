@@ -22,6 +22,10 @@ DETECTORS = ("page_hinkley", "cusum", "adwin")
 class MonitorConfig:
     detector: str = "page_hinkley"  # page_hinkley, cusum or adwin (aligned_rl.detectors), on the episode values
     params: dict[str, Any] = dataclasses.field(default_factory=dict)  # the detector's hyperparameters
+    # a second detector on the violation indicator (1 if an episode took a forbidden action), same kind;
+    # its settings default to the calibrated preset (aligned_rl.detectors.VIOLATION_DETECTORS)
+    violations: bool = False
+    violation_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     cooldown: int = 2  # rounds after a fine-tune before the monitor may trigger another
 
 
@@ -56,16 +60,20 @@ class ImproveConfig:
     progress: bool = True
 
 
-def make_detector(config: ImproveConfig):
-    """The monitor's change detector, built from ``monitor.detector`` and ``monitor.params``."""
-    cls = {"page_hinkley": detectors.PageHinkley, "cusum": detectors.CUSUM, "adwin": detectors.ADWIN}[
-        config.monitor.detector]
+def make_detector(config: ImproveConfig, violations: bool = False):
+    """The monitor's change detector on the episode values (``monitor.params``) or, with
+    ``violations``, on the violation indicator (``monitor.violation_params`` over the preset)."""
+    name = config.monitor.detector
+    cls = {"page_hinkley": detectors.PageHinkley, "cusum": detectors.CUSUM, "adwin": detectors.ADWIN}[name]
+    key = "violation_params" if violations else "params"
+    given = dict(config.monitor.violation_params if violations else config.monitor.params)
     try:
-        return cls(**config.monitor.params)
+        if violations:
+            return dataclasses.replace(detectors.VIOLATION_DETECTORS[name], **given)
+        return cls(**given)
     except (TypeError, ValueError) as err:
         fields = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise ConfigError(f"improve config: monitor.params {dict(config.monitor.params)} do not fit "
-                          f"{config.monitor.detector} ({err}); it takes {fields}") from err
+        raise ConfigError(f"improve config: monitor.{key} {given} do not fit {name} ({err}); it takes {fields}") from err
 
 
 def gate_config(config: ImproveConfig) -> GateConfig:
@@ -100,6 +108,11 @@ def check_improve_config(config: ImproveConfig) -> None:
     except ValueError as err:
         raise ConfigError(f"improve config: {err}") from err
     make_detector(config)
+    if config.monitor.violations:
+        make_detector(config, violations=True)
+    elif config.monitor.violation_params:
+        raise ConfigError("improve config: monitor.violation_params has no effect with monitor.violations=false; "
+                          "set monitor.violations=true or remove them")
     if config.drift.end >= config.rounds:
         raise ConfigError(f"improve config: drift.end={config.drift.end} must come before the last round "
                           f"(rounds={config.rounds}): the drift's start and end are rounds")

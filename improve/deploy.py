@@ -118,6 +118,7 @@ class Deployment:
         self.key = jax.random.fold_in(jax.random.PRNGKey(config.seed), index)  # the same worlds for every strategy
         self.drawn = family.draw(self.key, config.envs_per_deployment)
         self.detector = make_detector(config)
+        self.violation_detector = make_detector(config, violations=True) if config.monitor.violations else None
         self.policy, params, _, _ = restore_policy(agent_dir)
         if (directory / "lineage.json").is_file():
             self.lineage = Lineage.open(directory, self.fingerprint)
@@ -142,7 +143,7 @@ class Deployment:
         """(next round, detector state, round of the last fine-tune) from the lineage's events."""
         rounds = [e for e in self.lineage.events() if e["kind"] == "round"]
         if not rounds:
-            return 0, self.detector.init(), -10**9
+            return 0, self._initial(), -10**9
         last = rounds[-1]["data"]
         return last["round"] + 1, self._restore(last["detector_state"]), last["last_finetune"]
 
@@ -198,9 +199,17 @@ class Deployment:
         found = [e["data"] for e in self.lineage.events() if e["kind"] == kind and e["data"].get("round") == round_]
         return found[-1] if found else None
 
-    def _restore(self, saved: list) -> Any:
-        like = self.detector.init()
-        return type(like)(*(jnp.asarray(x, dtype=getattr(s, "dtype", None)) for x, s in zip(saved, like)))
+    def _initial(self) -> tuple:
+        """The monitor's state: the value detector's and, if it watches violations, that one's."""
+        return (self.detector.init(),) + ((self.violation_detector.init(),) if self.violation_detector else ())
+
+    def _restore(self, saved: list) -> tuple:
+        return tuple(type(like)(*(jnp.asarray(x, dtype=getattr(s, "dtype", None)) for x, s in zip(part, like)))
+                     for part, like in zip(saved, self._initial()))
+
+    @staticmethod
+    def _saved(state: tuple) -> list:
+        return [[np.asarray(x).tolist() for x in part] for part in state]
 
     def _decided(self, round_: int, gate: dict) -> tuple[bool, dict]:
         """The outcome of a fine-tune whose gate decision a killed run had recorded; the promotion
@@ -220,20 +229,29 @@ class Deployment:
         resumes with the same values, the same fine-tunes and the same decisions."""
         cfg = self.config
         round_, state, last_finetune = self.resume_point()
-        update = jax.jit(self.detector.update)
+        updates = [jax.jit(self.detector.update)]
+        if self.violation_detector is not None:
+            updates.append(jax.jit(self.violation_detector.update))
         while round_ < cfg.rounds:
             record = self._event("played", round_)
             if record is None:
                 out = self.play(round_)
-                fired = False
-                for x in out["value"]:
-                    state, drift = update(state, jnp.float32(x))
-                    fired |= bool(drift)
+                signals = [out["value"], (out["violations"] > 0).astype(np.float32)][:len(updates)]
+                fired, parts = [], []
+                for update, part, xs in zip(updates, state, signals):
+                    hit = False
+                    for x in xs:
+                        part, drift = update(part, jnp.float32(x))
+                        hit |= bool(drift)
+                    fired.append(hit)
+                    parts.append(part)
+                state = tuple(parts)
                 record = {"round": round_, "value": float(out["value"].mean()),
                           "forbidden_rate": float(out["violations"].sum() / out["steps"].sum()),
-                          "version": self.lineage.deployed(), "fired": bool(fired),
+                          "version": self.lineage.deployed(), "fired": any(fired),
+                          "fired_on": [name for name, hit in zip(("value", "violations"), fired) if hit],
                           "drift": float(drift_module.fraction(self.family.schedule, round_)),
-                          "detector_state": [np.asarray(x).tolist() for x in state]}
+                          "detector_state": self._saved(state)}
                 self.lineage.record("played", **record)
             state = self._restore(record["detector_state"])
             trigger = None
@@ -252,8 +270,8 @@ class Deployment:
                 record = {**record, "trigger": trigger, **outcome}
                 last_finetune = round_
                 if promoted:
-                    state = self.detector.init()  # a new version: the monitor starts over
-            record.update(last_finetune=last_finetune, detector_state=[np.asarray(x).tolist() for x in state])
+                    state = self._initial()  # a new version: the monitor starts over
+            record.update(last_finetune=last_finetune, detector_state=self._saved(state))
             self.lineage.record("round", **record)
             round_ += 1
             if progress is not None:

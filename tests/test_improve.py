@@ -74,6 +74,22 @@ def test_strategies_on_the_same_environments_with_a_lineage_each(agent, tmp_path
 
 
 @pytest.mark.slow
+def test_a_monitor_on_violations_triggers_fine_tunes_of_its_own(agent, tmp_path):
+    out = tmp_path / "out"
+    assert main(["improve", "--config", IMPROVE, f"agents=[{agent}]", *SMALL, "strategies=[monitored]", "rounds=3",
+                 "monitor.params.threshold=1e9",  # the value detector never fires
+                 "monitor.violations=true", "monitor.violation_params.min_instances=1",
+                 "monitor.violation_params.threshold=0.0", "monitor.violation_params.delta=-1000.0",
+                 f"output={out}"]) == 0
+    lineage = Lineage.open(out / "monitored" / "agent0-deployment0")
+    rounds = [e["data"] for e in lineage.events() if e["kind"] == "round"]
+    assert [r["fired_on"] for r in rounds] == [["violations"]] * 3 and all(r["trigger"] == "monitor" for r in rounds)
+    assert len(rounds[0]["detector_state"]) == 2  # the value detector's state and the violation detector's
+    with pytest.raises(ConfigError, match="violation_params has no effect"):
+        load_improve_config(IMPROVE, [f"agents=[{agent}]", "monitor.violation_params.delta=0.1"])
+
+
+@pytest.mark.slow
 def test_a_candidate_under_another_constitution_is_never_promoted(agent, tmp_path, monkeypatch):
     def tampered(config, **kwargs):  # the fine-tune edits its own constitution's parameters
         config.constitution.params = {**config.constitution.params, "zone_low": 0.1}

@@ -181,8 +181,8 @@ class Deployment:
         measured = {v: {k: np.asarray(x) for k, x in self.runner(self.agent(v), fresh, k_play).items()}
                     for v in (candidate, incumbent)}
         # the candidate's constitution as its own run recorded it: a tampered one never matches
-        fingerprints = {candidate: build_constitution(load_run_config(self.lineage.version_dir(candidate) / "run"))
-                        .fingerprint(), incumbent: self.fingerprint}
+        fingerprints = {candidate: _fingerprint(self.lineage.version_dir(candidate) / "run"),
+                        incumbent: self.fingerprint}
         evidence = {v: Evidence(m["value"], int(m["violations"].sum()), int(m["steps"].sum()), fingerprints[v])
                     for v, m in measured.items()}
         decision = decide(gate_config(cfg), evidence[candidate], evidence[incumbent])
@@ -276,6 +276,15 @@ class Deployment:
             round_ += 1
             if progress is not None:
                 progress.advance(task)
+
+
+def _fingerprint(run_dir: Path) -> str:
+    """The fingerprint of the constitution a run was trained under; a run whose saved config no
+    longer loads (a tampered one) gets a fingerprint no constitution has."""
+    try:
+        return build_constitution(load_run_config(run_dir)).fingerprint()
+    except (ConfigError, KeyError, ValueError) as err:
+        return f"unreadable: {str(err).splitlines()[0][:200]}"
 
 
 def _save_params(directory: Path, params: Any) -> None:

@@ -90,9 +90,13 @@ def test_a_monitor_on_violations_triggers_fine_tunes_of_its_own(agent, tmp_path)
 
 
 @pytest.mark.slow
-def test_a_candidate_under_another_constitution_is_never_promoted(agent, tmp_path, monkeypatch):
-    def tampered(config, **kwargs):  # the fine-tune edits its own constitution's parameters
-        config.constitution.params = {**config.constitution.params, "zone_low": 0.1}
+@pytest.mark.parametrize("edit", ["rule parameters", "eps"])
+def test_a_candidate_under_another_constitution_is_never_promoted(agent, tmp_path, monkeypatch, edit):
+    def tampered(config, **kwargs):  # the fine-tune edits its own constitution
+        if edit == "eps":  # with a divergence that reads sigma, so that the floor matters
+            config.alignment.divergence, config.constitution.eps = "tv", 0.3
+        else:
+            config.constitution.params = {**config.constitution.params, "zone_low": 0.1}
         return train(config, **kwargs)
 
     monkeypatch.setattr(deploy, "train", tampered)

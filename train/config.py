@@ -340,7 +340,7 @@ def _check_effects(config: TrainConfig) -> None:
 
 def _check_rules(config: TrainConfig, who: str, can_forbid: bool, state_rules: bool, invariances: bool) -> None:
     """Refuse flags that a constitution (named by ``who``) gives nothing to act on."""
-    align, lag = config.alignment, config.alignment.lagrange
+    lag = config.alignment.lagrange
     if not state_rules:
         for name in ("lookahead_samples", "lookahead_threshold"):
             _unused(config, f"constitution.{name}",

@@ -128,8 +128,16 @@ class EnvRunner:
     def _chunk(self, carry: MeasureCarry, params: Any, sign: jax.Array, steps: int, size: int) -> MeasureCarry:
         # with a mesh this runs under shard_map: the arrays are this device's rows
         padded = sign.shape[0] * self.shards // self.twins
-        gamma, w = self.config.gamma, self.config.alignment_weight
         rollout = self._rollout(sign, size, padded)
+        accumulate = self._steps(sign) if self.value.kind == "continuing" else self._episodes(params, sign)
+        rollout_carry, sums = rollout.run(params, self.constitution.params, carry.rollout, steps, accumulate,
+                                          carry.sums)
+        return MeasureCarry(rollout_carry, sums)
+
+    def _steps(self, sign: jax.Array):
+        """Accumulates every step's reward (the twin's negated), its value in mu^C, its discounted
+        and aligned values, violations and lawful probability (a continuing family)."""
+        gamma, w = self.config.gamma, self.config.alignment_weight
 
         def accumulate(sums, step: Step, before: RolloutCarry):
             r = sign * step.reward
@@ -145,11 +153,7 @@ class EnvRunner:
                 "lawful": sums["lawful"] + step.lawful,
             }
 
-        if self.value.kind == "episodic":
-            accumulate = self._episodes(params, sign)
-        rollout_carry, sums = rollout.run(params, self.constitution.params, carry.rollout, steps, accumulate,
-                                          carry.sums)
-        return MeasureCarry(rollout_carry, sums)
+        return accumulate
 
     def _episodes(self, params: Any, sign: jax.Array):
         """Accumulates the first ``config.episodes`` episodes of every environment: each episode's

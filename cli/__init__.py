@@ -21,6 +21,14 @@ import os
 import sys
 
 
+def configured(sub, name: str, help_text: str, configs: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand that takes a YAML config and dotted ``key=value`` overrides."""
+    parser = sub.add_parser(name, help=help_text)
+    parser.add_argument("--config", help=f"YAML {name} config (see {configs})")
+    parser.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {example}")
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aligned-rl", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,23 +47,18 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=12345)
     ev.add_argument("--output", help="also write the JSON to this file")
 
-    meas = sub.add_parser("measure", help="estimate Upsilon and Sigma of an agent over sampled environments")
-    meas.add_argument("--config", help="YAML measure config (see configs/measure_*.yaml)")
-    meas.add_argument("overrides", nargs="*", help="dotted overrides, e.g. agent=q_lambda num_envs=4096")
-
-    tax = sub.add_parser("tax", help="the alignment tax: an aligned and an unaligned agent on the same environments")
-    tax.add_argument("--config", help="YAML tax config (see configs/tax_*.yaml)")
-    tax.add_argument("overrides", nargs="*",
-                     help="dotted overrides, e.g. aligned=RUN_DIR unaligned=RUN_DIR num_envs=1024")
+    configured(sub, "measure", "estimate Upsilon and Sigma of an agent over sampled environments",
+               "configs/measure_*.yaml", "agent=q_lambda num_envs=4096")
+    configured(sub, "tax", "the alignment tax: an aligned and an unaligned agent on the same environments",
+               "configs/tax_*.yaml", "aligned=RUN_DIR unaligned=RUN_DIR measure.num_envs=1024")
 
     cmp = sub.add_parser("compare", help="agents measured on the same environments, with paired CIs")
     cmp.add_argument("runs", nargs="+", help="output directories of aligned-rl measure; the first is the reference")
     cmp.add_argument("--metric", help="a per_env.npz key (default: the value Upsilon is the mean of)")
     cmp.add_argument("--output", help="directory for compare.json and compare.png")
 
-    imp = sub.add_parser("improve", help="deploy trained agents under a drift: monitor, fine-tune, gate, compare")
-    imp.add_argument("--config", help="YAML improve config (see configs/improve_*.yaml)")
-    imp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=20 deployments=4")
+    configured(sub, "improve", "deploy trained agents under a drift: monitor, fine-tune, gate, compare",
+               "configs/improve_*.yaml", "rounds=20 deployments=4")
 
     rb = sub.add_parser("rollback", help="deploy an earlier version of a lineage again")
     rb.add_argument("lineage", help="a lineage directory (a deployment under aligned-rl improve's output)")

@@ -120,6 +120,8 @@ class Deployment:
         self.detector = make_detector(config)
         self.violation_detector = make_detector(config, violations=True) if config.monitor.violations else None
         self.policy, params, _, _ = restore_policy(agent_dir)
+        self._like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+        self._params: dict[str, Any] = {}
         if (directory / "lineage.json").is_file():
             self.lineage = Lineage.open(directory, self.fingerprint)
         else:
@@ -129,12 +131,10 @@ class Deployment:
             self.lineage.promote(version, reason="the trained agent")
 
     def params_of(self, version: str) -> Any:
-        like = jax.eval_shape(lambda: self.policy.init(jax.random.split(jax.random.PRNGKey(0)),
-                                                       jnp.zeros((1,) + self._obs_shape(), jnp.float32)))
-        return _load_params(self.lineage.version_dir(version), like)
-
-    def _obs_shape(self) -> tuple:
-        return tuple(self.family.env.observation_space(self.family.env.default_params).shape)
+        """A version's parameters (read once per version: versions never change)."""
+        if version not in self._params:
+            self._params[version] = _load_params(self.lineage.version_dir(version), self._like)
+        return self._params[version]
 
     def agent(self, version: str) -> PolicyAgent:
         return PolicyAgent(self.policy, self.params_of(version), shields=self.run_config.alignment.shield)

@@ -227,7 +227,8 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, start_
             raise ResumeMismatch("a resumed run continues from its own checkpoint, not from start_from")
         if jax.tree.structure(start_from) != jax.tree.structure(state.params):
             raise ConfigError("start_from does not hold the parameters this config's network has")
-        start_from = jax.tree.map(lambda new, like: jnp.asarray(new, like.dtype), start_from, state.params)
+        # copied: the chunks donate the training state, and the caller keeps its arrays
+        start_from = jax.tree.map(lambda new, like: jnp.array(new, like.dtype, copy=True), start_from, state.params)
         state = state.replace(params=start_from, opt_state=setup.algo.optimizer.init(start_from))
         if setup.mesh is not None:
             state = jax.device_put(state, state_shardings(setup, state))

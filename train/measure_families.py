@@ -37,7 +37,7 @@ import aligned_rl.envs as envs
 from aligned_rl.intelligence import estimation_units, stratified_estimate
 from aligned_rl.train.agents import CannotAct, make_agent
 from aligned_rl.train.config import ConfigError
-from aligned_rl.train.measure import Measurement, measure
+from aligned_rl.train.measure import Measurement, estimated, measure
 from aligned_rl.train.measure_config import MeasureConfig
 
 SHIPPED = "shipped"  # each family's first shipped constitution
@@ -141,6 +141,7 @@ def measure_families(config: MeasureConfig, agent: Any = None) -> Measurement:
     weights = np.array([w for _, w, _ in families])
     bits = {n: family_code_bits(n) for n in names}
     runs, skipped, per_env = {}, {}, {}
+    configs = {name: family_config for name, _, family_config in families}
     for name, _, family_config in families:
         try:
             family_agent = agent
@@ -165,9 +166,10 @@ def measure_families(config: MeasureConfig, agent: Any = None) -> Measurement:
         for name in run_names:
             report = runs[name].report
             key = report["value"]["estimate"] if per_family is None else per_family
-            if key not in report["estimates"]:
+            sources = estimated(configs[name], report["value"]["kind"])  # estimate -> per-environment value
+            if key not in sources:
                 break  # a family measured without a constitution has no Sigma
-            source = report["value"]["per_env"] if per_family is None else _per_env_key(per_family)
+            source = sources[key]
             columns.append(estimation_units(runs[name].per_env[source], report["num_envs"], report["antithetic"]))
         else:
             strata = np.concatenate([np.full(len(c), h) for h, c in enumerate(columns)])
@@ -201,8 +203,4 @@ def measure_families(config: MeasureConfig, agent: Any = None) -> Measurement:
     }
     return Measurement(report, per_env)
 
-
-def _per_env_key(estimate: str) -> str:
-    return {"sigma_aligned": "aligned_value", "forbidden_rate": "forbidden_rate",
-            "constrained_value": "constrained_value"}[estimate]
 

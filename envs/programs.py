@@ -40,6 +40,8 @@ Constitutions shipped
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from gymnax.environments import environment, spaces
@@ -78,6 +80,26 @@ class BFPrograms(BFInterpreter, environment.Environment, IndexedObservations):
             }
         }
         return self.get_obs(state), state, reward, jnp.bool_(False), info
+
+    def step(self, key, state: MachineState, action, params: ProgramParams | None = None):
+        """gymnax's ``step`` (the same keys, the same automatic reset), except that a restarting
+        machine keeps its work tape buffer and marks it ``stale`` (:meth:`BFInterpreter.restart`)
+        instead of selecting between two copies of every tape on every step: with AIQ's
+        100,000-cell tape that select would cost more than the cycle."""
+        if params is None:
+            params = self.default_params
+        key_step, _ = jax.random.split(key)
+        obs_st, state_st, reward, terminated, info = self.step_env(key_step, state, action, params)
+        truncated = self.is_truncated(state_st, params)
+        done = jnp.logical_or(terminated, truncated)
+        restarted = self.restart(state_st)
+        state = state_st.replace(**{
+            f.name: jax.lax.select(done, getattr(restarted, f.name), getattr(state_st, f.name))
+            for f in dataclasses.fields(state_st) if f.name != "tape"
+        })
+        obs = jax.lax.select(done, self.get_obs(restarted), obs_st)
+        info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_st}
+        return obs, state, reward, terminated, truncated, info
 
     def reset_env(self, key, params: ProgramParams):
         state = self.initial_state()

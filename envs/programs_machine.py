@@ -12,12 +12,12 @@ The machine (AIQ's ``BF`` with ``n = num_symbols`` tape symbols, default 5)
 ---------------------------------------------------------------------------
 Symbols are 0..n-1; the *middle symbol* is ``mid = (n - 1) // 2``.  Three tapes:
 
-* a work tape of ``tape_len`` cells, all ``mid`` at reset, that persists from cycle to
-  cycle within an episode.  The head position ``ptr`` lives in ``[-tape_len, tape_len-1]``
-  and addresses cell ``ptr mod tape_len`` (AIQ keeps a Python list and negative indices).
-  ``>`` moves right, and from ``tape_len - 1`` wraps to 0; ``<`` moves left, and from
-  ``-tape_len`` (cell 0) wraps to position 0, i.e. the same cell 0.  That is AIQ's
-  arithmetic exactly, with its tape length of 100000 replaced by ``tape_len``;
+* a work tape of ``tape_len`` cells (default 100,000, AIQ's), all ``mid`` at reset, that
+  persists from cycle to cycle within an episode.  The head position ``ptr`` lives in
+  ``[-tape_len, tape_len-1]`` and addresses cell ``ptr mod tape_len`` (AIQ keeps a Python
+  list and negative indices).  ``>`` moves right, and from ``tape_len - 1`` wraps to 0; ``<``
+  moves left, and from ``-tape_len`` (cell 0) wraps to position 0, i.e. the same cell 0.
+  That is AIQ's arithmetic exactly;
 * an input tape of ``input_len`` cells (AIQ: 25), all ``mid`` at reset.  Before every
   cycle the agent's action is pushed onto cell 0 and the older actions shift one cell
   along (the oldest falls off), so cell i holds the action of i cycles ago;
@@ -46,10 +46,11 @@ instruction, with the input and output heads at 0, one instruction per machine s
 Every executed instruction costs one step, including ``[`` (once, on entry), ``]`` (once
 per pass) and ``#``.  Before each instruction the cycle ends if the output tape is full or
 ``step_limit`` steps have run (AIQ: 1000).  A program is padded with ``#``, so running off
-its end ends the cycle.  A cycle that used all ``step_limit`` steps is *overtime*; AIQ
-throws such runs away, here the output tape is read as it stands and the state's
-``overtime`` flag is set (the environment reports it as ``info["metrics"]["overtime"]``; the
-sampler filters out programs that run overtime under random actions, as AIQ does).
+its end ends the cycle.  A cycle that used all ``step_limit`` steps is *overtime*; the state's ``overtime`` flag
+is set and the environment reports it as ``info["metrics"]["overtime"]``.  AIQ throws away a
+run with an overtime cycle and measures another program instead; so does ``aligned-rl
+measure`` (the family declares the metric that voids a run, see ``train/measure.py``), and
+the sampler filters out programs that run overtime under random actions, as AIQ does.
 
 Randomness.  The j-th ``%`` executed in a cycle (j = 0, 1, ...) writes
 ``hash_index(seed, j) mod n``, where ``seed = jax.random.bits(key, (), uint32)`` for the key
@@ -85,17 +86,28 @@ slowest program still sets the length, but a step of the tail costs about 1 us, 
 for the single flat loop this replaced (the mean program takes 11 steps per cycle, the
 slowest of the 4096 about 300).
 
-Memory of 4096 params plus 4096 states (sum of ``nbytes`` over the pytree leaves) with
-the defaults: 7,565,312 bytes (7.2 MiB): params 3,207,168 (int8 program and int16 match
-table of ``max_program_len + 1 = 257`` slots, 783 bytes each), states 4,358,144 (an int8
-tape of ``tape_len = 1024`` cells, 25 input and 2 output cells, counters: 1064 bytes each).
-Both grow linearly: ``tape_len`` bytes and ``3 * (max_program_len + 1)`` bytes per environment.
+Memory per program (sum of ``nbytes`` over the pytree leaves) with the defaults: 103,128
+bytes, of which the params take 3,087 (int8 program and int16 match table of
+``max_program_len + 1 = 1025`` slots) and the state 100,041 (the int8 tape of 100,000 cells,
+25 input and 2 output cells, counters).  4096 programs: 403 MiB; 65,536 programs: 6.3 GiB
+(a measurement with antithetic twins holds twice as many states).  Both grow linearly:
+``tape_len`` bytes and ``3 * (max_program_len + 1)`` bytes per environment.  An automatic reset
+does not rewrite the tape: it marks it stale (:meth:`BFInterpreter.restart`) and the next
+cycle clears the stale tapes of its batch in place, so a step costs no pass over every tape.
+Past 2^31 tape cells in one batch (21,474 programs at 100,000 cells) cells are indexed by
+(row, cell) instead of one flat int32 index.
 
 Where this machine differs from AIQ's
 -------------------------------------
-* The tape has ``tape_len`` cells instead of 100000; the two agree as long as the head's
-  excursion within an episode (highest minus lowest position) stays below ``tape_len``.
-* An overtime cycle does not void the run: its output is read as it stands and flagged.
+* A ``tape_len`` other than 100,000 is a deviation (``BFPrograms(tape_len=1024)`` is another
+  family): the machines agree only while the head's excursion within an episode stays below
+  ``tape_len``.  Over 1000 cycles with random actions, 12.1% of 1024 programs from the prior
+  (seed 0) write different outputs at 1024 cells than at 100,000, and 13.1% run a different
+  number of machine steps in some cycle.
+* Programs are capped at ``max_program_len`` instructions (default 1024, AIQ has no cap); a
+  drawn code word is longer with probability 3.4e-11
+  (:func:`~aligned_rl.envs.programs_sampler.word_length_tail`), and the sampler rejects such a
+  program as ``TOO_LONG``.
 * ``%`` draws from the hash above instead of Python's ``random``.
 * A hand-written program may omit the final ``#``; unbalanced brackets are refused.
 The test file checks the machine against a plain-Python interpreter written from AIQ's
@@ -116,6 +128,8 @@ from gymnax.environments import environment
 INSTRUCTIONS = "<>+-,.[]%#"
 LEFT, RIGHT, INC, DEC, READ, WRITE, OPEN, CLOSE, RAND, HALT = range(10)
 OPCODE = {c: i for i, c in enumerate(INSTRUCTIONS)}
+REFERENCE_TAPE_LEN = 100_000  # AIQ's work tape (BF.work_tape_len)
+MAX_PROGRAM_LEN = 1024  # a drawn code word is longer with probability 3.4e-11 (programs_sampler.word_length_tail)
 UNCLASSIFIED = -2  # stratum of a hand-written program that was not classified (AIQ: -1 overtime, 0 passive)
 
 
@@ -159,6 +173,7 @@ class MachineState(environment.EnvState):
     outputs: jax.Array  # int8[1 + obs_cells]: reward symbol, then observation symbols
     steps: jax.Array  # int32: machine steps of the last cycle
     overtime: jax.Array  # bool: the last cycle used all step_limit steps
+    stale: jax.Array  # bool: the episode restarted and ``tape`` still holds the old one (all mid, in effect)
 
 
 def encode(program: str, max_len: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -228,10 +243,10 @@ class BFInterpreter:
         self,
         num_symbols: int = 5,
         obs_cells: int = 1,
-        tape_len: int = 1024,
+        tape_len: int = REFERENCE_TAPE_LEN,
         input_len: int = 25,
         step_limit: int = 1000,
-        max_program_len: int = 256,
+        max_program_len: int = MAX_PROGRAM_LEN,
         episode_length: int = 100,
         default_program: str = ",.",
     ):
@@ -302,7 +317,19 @@ class BFInterpreter:
             outputs=jnp.full((1 + self.obs_cells,), mid, jnp.int8),
             steps=jnp.int32(0),
             overtime=jnp.bool_(False),
+            stale=jnp.bool_(False),
         )
+
+    def restart(self, state: MachineState) -> MachineState:
+        """The state at the start of a new episode, without writing the work tape: it is marked
+        ``stale`` and cleared by the next cycle (in place, only where some machine restarted),
+        so that an automatic reset costs a few registers, not a pass over every tape."""
+        fresh = self.initial_state().replace(tape=state.tape)
+        return fresh.replace(stale=jnp.bool_(True))
+
+    def work_tape(self, state: MachineState) -> jax.Array:
+        """The work tape as the machine sees it (all ``mid`` while ``stale``)."""
+        return jnp.where(state.stale, jnp.int8(self.mid), state.tape)
 
     def cycle(self, key: jax.Array, state: MachineState, action: jax.Array, params: ProgramParams,
               active: jax.Array | bool = True) -> MachineState:
@@ -317,10 +344,10 @@ class BFInterpreter:
         seed = jax.random.bits(key, (), jnp.uint32)
         tape, ptr, outputs, steps = self._kernel(
             seed, state.tape, state.ptr, inputs, state.outputs, params.program, params.match,
-            jnp.asarray(active, jnp.bool_),
+            jnp.asarray(active, jnp.bool_), state.stale,
         )
         return state.replace(tape=tape, ptr=ptr, inputs=inputs, outputs=outputs, steps=steps,
-                             overtime=steps >= self.step_limit)
+                             overtime=steps >= self.step_limit, stale=jnp.bool_(False))
 
     @functools.cached_property
     def _kernel(self):
@@ -377,8 +404,11 @@ class BFInterpreter:
         at = rows * P + c.ip  # flat indices: 1-d gathers are cheaper than 2-d ones on a CPU
         op = program.reshape(-1)[at].astype(jnp.int32)
         cell_idx = jnp.where(c.ptr < 0, c.ptr + L, c.ptr)  # ptr mod L for ptr in [-L, L-1]
-        tape_at = rows * L + cell_idx
-        flat_tape = c.tape.reshape(-1)
+        if c.tape.size < self.FLAT_INDEX_LIMIT:  # flat int32 indices into all tapes at once
+            tape_at = rows * L + cell_idx
+            flat_tape = c.tape.reshape(-1)
+        else:  # more cells than an int32 can number: index (row, cell)
+            tape_at, flat_tape = (rows, cell_idx), c.tape
         cell = flat_tape[tape_at].astype(jnp.int32)
         # head
         left = jnp.where(c.ptr - 1 < -L, 0, c.ptr - 1)
@@ -413,6 +443,9 @@ class BFInterpreter:
             halted=c.halted | (run & (op == HALT)),
         )
 
+    #: tapes of more cells than this are indexed by (row, cell) rather than by a flat int32 index
+    FLAT_INDEX_LIMIT = 2**31
+
     #: run_batch's stages: after the full batch, the machines still running move into batches
     #: STAGE_FACTOR times smaller, down to STAGE_MIN machines.
     STAGE_FACTOR = 8
@@ -424,9 +457,10 @@ class BFInterpreter:
             sizes.append(sizes[-1] // self.STAGE_FACTOR)
         return sizes
 
-    def run_batch(self, seed, tape, ptr, inputs, outputs, program, match, active):
+    def run_batch(self, seed, tape, ptr, inputs, outputs, program, match, active, stale):
         """Run B machines (leading axis on every argument) until each has ended its cycle:
-        returns [tape, ptr, outputs, steps].
+        returns [tape, ptr, outputs, steps].  The tapes of ``stale`` machines are cleared first
+        (a branch taken only when one is).
 
         A cycle lasts as long as its machine's program needs (a few steps for most programs, the
         step limit for a few), and a loop over the whole batch would step every machine until
@@ -437,6 +471,8 @@ class BFInterpreter:
         stage runs until every machine is done.
         """
         B = ptr.shape[0]
+        mid = jnp.int8(self.mid)
+        tape = jax.lax.cond(jnp.any(stale), lambda t: jnp.where(stale[:, None], mid, t), lambda t: t, tape)
         full = self.start_cycle(ptr, tape, outputs, seed, active)
         sizes = self.stage_sizes(B)
         regs = full._replace(tape=None)

@@ -50,7 +50,8 @@ If all five runs agree on one of them, that is the stratum; otherwise the stratu
 the simplified program's length: 11 (< 8), 12 (< 10), 13 (< 13), 14 (< 16), 15 (< 20),
 16 (< 24), 17 (< 31), 18 (< 43), 19 (< 60), 20 (>= 60).  Programs longer than the
 environment's ``max_program_len`` (after simplification) cannot be encoded and are
-filtered too (code ``TOO_LONG``; about 1e-4 of the mass at the default 256).
+filtered too (code ``TOO_LONG``; at most 3.4e-11 of the mass at the default 1024,
+:func:`word_length_tail`).
 
 Passive, overtime and too long programs are rejected and drawing continues until ``n``
 programs are accepted (AIQ's ``active_program``).  The rejected fraction of all draws is
@@ -120,6 +121,21 @@ def description_length(word: str) -> float:
         raise ValueError(f"{word!r} is not a code word: {depth} loop(s) left open at the '#'")
     closes = word.count("]") + 1
     return (len(word) - closes) * BITS_PER_INSTRUCTION + closes * BITS_PER_CLOSE
+
+
+def word_length_tail(length: int) -> float:
+    """P(a code word drawn from the prior has more than ``length`` characters), exactly (in
+    float64): the bracket depth is a walk that goes up with probability 1/10, down with 2/10
+    (a ']' or '#'), and the word ends when it goes below 0.  Simplification only shortens a
+    word, so this bounds the probability that a program exceeds ``length`` instructions
+    (3.4e-11 at the default ``max_program_len`` of 1024, 1.3e-4 at 256)."""
+    if length < 0:
+        raise ValueError(f"length must be >= 0, got {length}")
+    depth = np.zeros((length + 2,), np.float64)  # the open words by depth, after n draws
+    depth[0] = 1.0
+    for _ in range(length):
+        depth = 0.7 * depth + 0.1 * np.concatenate([[0.0], depth[:-1]]) + 0.2 * np.concatenate([depth[1:], [0.0]])
+    return float(depth.sum())
 
 
 def simplify(word: str) -> str:
@@ -302,11 +318,19 @@ def length_stratum(length: int) -> int:
     return 20
 
 
+#: work-tape bytes a classifying batch may hold (runs x programs x tape_len); it bounds max_batch
+CLASSIFY_TAPE_BYTES = 1 << 28
+
+
 def classify(env: BFInterpreter, programs: Sequence[str], key: jax.Array, runs: int = 5, cycles: int = 200,
              max_batch: int = 2048) -> np.ndarray:
     """AIQ's stratum of each (already simplified) program: -1 overtime, 0 passive, 1..20 active,
-    ``TOO_LONG`` if it does not fit ``env.max_program_len``."""
+    ``TOO_LONG`` if it does not fit ``env.max_program_len``.  Programs are run ``max_batch`` at
+    a time, fewer where their tapes would exceed ``CLASSIFY_TAPE_BYTES`` (256 MiB: 512 programs
+    at AIQ's 100,000 cells)."""
     programs = list(programs)
+    fits = CLASSIFY_TAPE_BYTES // (runs * env.tape_len)
+    max_batch = max(64, min(max_batch, 1 << max(fits, 1).bit_length() - 1))
     out = np.full((len(programs),), PASSIVE, np.int64)
     todo = []
     for i, p in enumerate(programs):

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gymnax.environments import environment
 
 import aligned_rl.envs.programs as programs  # registers BF-programs
 import aligned_rl.envs.programs_machine as machine
@@ -65,16 +66,20 @@ def run_jax(env: BFPrograms, texts: list[str], actions: np.ndarray, keys: jax.Ar
     [
         dict(num_symbols=5, obs_cells=1, tape_len=7, input_len=4, step_limit=60),
         dict(num_symbols=4, obs_cells=2, tape_len=5, input_len=3, step_limit=40),
+        dict(num_symbols=5, obs_cells=1, tape_len=100_000, input_len=25, step_limit=1000),
     ],
-    ids=["5-symbols", "4-symbols-2-obs"],
+    ids=["5-symbols", "4-symbols-2-obs", "aiq-reference"],
 )
 def test_machine_matches_the_reference_interpreter(config):
-    env = BFPrograms(max_program_len=64, **config)
+    reference = config["tape_len"] == machine.REFERENCE_TAPE_LEN
+    # the reference configuration is the default one; the small ones make every corner frequent
+    env = BFPrograms() if reference else BFPrograms(max_program_len=64, **config)
+    assert env.config[:5] == tuple(config[k] for k in env.CONFIG_NAMES[:5])
     rng = np.random.default_rng(7)
-    count, cycles = 1200, 20
+    count, cycles = (400, 60) if reference else (1200, 20)
     texts = [random_program(rng) for _ in range(count // 2)]
     drawn = [sampler.simplify(w) for w in sampler.draw_words(rng, 4 * count)]
-    texts += [p for p in drawn if len(p) <= 64][: count - len(texts)]
+    texts += [p for p in drawn if len(p) <= env.max_program_len][: count - len(texts)]
     actions = rng.integers(0, env.num_symbols, size=(count, cycles))
     keys = jax.random.split(jax.random.PRNGKey(3), count * cycles).reshape(count, cycles, -1)
     seeds = np.asarray(jax.vmap(jax.vmap(lambda k: jax.random.bits(k, (), jnp.uint32)))(keys)).astype(np.int64)
@@ -89,8 +94,10 @@ def test_machine_matches_the_reference_interpreter(config):
             assert overtime[i, t] == (s == config["step_limit"])
         for k in totals:
             totals[k] += ref.coverage[k]
-    # the programs exercised every corner the test is about
-    assert all(v > 20 for v in totals.values()), totals
+    # the programs exercised every corner the test is about (no wrap-around of AIQ's long tape
+    # in a few cycles: the small tapes test that)
+    corners = [k for k in totals if not (reference and k.startswith("wrap"))]
+    assert all(totals[k] > 20 for k in corners), totals
 
 
 # ------------------------------------------------------------- scripted programs
@@ -220,10 +227,58 @@ def test_truncation_only_and_reset_after_the_time_limit():
         assert not bool(terminated)
         assert bool(truncated) == (t == 2)
     # the step that truncates returns the reset state, and the last real observation in info
-    assert int(state.time) == 0 and bool(jnp.all(state.tape == 2))
+    assert int(state.time) == 0 and bool(jnp.all(env.work_tape(state) == 2))
     np.testing.assert_array_equal(np.asarray(obs), np.asarray(initial))
     # the third cycle's reward symbol: '+' on the 4 the second cycle read, 4 + 1 = 0 (mod 5)
     assert int(jnp.argmax(info["final_observation"][:5])) == 0
+
+
+def test_automatic_reset_equals_gymnax_and_leaves_the_tape_for_the_next_cycle_to_clear():
+    """``BFPrograms.step`` restarts a machine without writing its tape; the next cycle clears it.
+    Every observable equals gymnax's own ``step`` (which selects between two whole states)."""
+    env = BFPrograms(episode_length=4, tape_len=64)
+    texts = [",[>+.,]#", ">+>+.,.#", ",%.>,.#"]
+    params = env.program_params(texts)
+    actions = jnp.asarray(np.random.default_rng(3).integers(0, 5, size=(len(texts), 11)))
+
+    def episode(step, p, acts):
+        def body(state, x):
+            a, k = x
+            obs, state, reward, _, truncated, info = step(k, state, a, p)
+            return state, (obs, reward, truncated, info["final_observation"], env.work_tape(state), state.ptr)
+
+        _, state = env.reset(KEY, p)
+        return jax.lax.scan(body, state, (acts, jax.random.split(KEY, acts.shape[0])))[1]
+
+    ours = jax.jit(jax.vmap(lambda p, a: episode(env.step, p, a)))(params, actions)
+    gymnax_step = functools.partial(environment.Environment.step, env)
+    theirs = jax.jit(jax.vmap(lambda p, a: episode(gymnax_step, p, a)))(params, actions)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert np.asarray(ours[2]).sum() == 2 * len(texts)  # every program restarted twice in 11 steps
+
+
+def test_tapes_indexed_by_row_and_cell_give_the_same_cycles():
+    """Past 2^31 cells in a batch the machine indexes (row, cell) instead of a flat int32 index."""
+    texts = [",[>+.,]#", "<<,.[-<]>.#", ",%.>,.#", "+[>+]<.,#"]
+    actions = np.random.default_rng(5).integers(0, 5, size=(len(texts), 30))
+    keys = jax.random.split(jax.random.PRNGKey(8), len(texts) * 30).reshape(len(texts), 30, -1)
+    flat = BFPrograms(tape_len=50, step_limit=300)
+    by_row = BFPrograms(tape_len=50, step_limit=300)
+    by_row.FLAT_INDEX_LIMIT = 0
+    for a, b in zip(run_jax(flat, texts, actions, keys), run_jax(by_row, texts, actions, keys)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_word_length_tail_matches_the_drawn_words():
+    rng = np.random.default_rng(11)
+    lengths = np.array([len(w) for w in sampler.draw_words(rng, 40_000)])
+    for n in (1, 2, 5, 20, 60):
+        p = sampler.word_length_tail(n)
+        freq = np.mean(lengths > n)
+        assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / lengths.size) + 1e-9, (n, freq, p)
+    assert sampler.word_length_tail(1) == pytest.approx(0.8) and sampler.word_length_tail(2) == pytest.approx(0.66)
+    assert sampler.word_length_tail(machine.MAX_PROGRAM_LEN) < 1e-10
 
 
 # --------------------------------------------------------------------- sampler

@@ -30,7 +30,7 @@ def mix32(h: int) -> int:
 class BFMachine:
     """AIQ's BF machine in plain Python, one program, one cycle per ``act``."""
 
-    def __init__(self, program: str, n: int = 5, obs_cells: int = 1, tape_len: int = 1024, input_len: int = 25,
+    def __init__(self, program: str, n: int = 5, obs_cells: int = 1, tape_len: int = 100_000, input_len: int = 25,
                  step_limit: int = 1000):
         self.code = program if program.endswith("#") else program + "#"
         self.n, self.limit, self.L = n, step_limit, tape_len

@@ -1,9 +1,10 @@
 """The AIQ baseline agents as vectorisable online learners.
 
-Legg & Veness ("An Approximation of the Universal Intelligence Measure") rate
-four simple reinforcement learners against their sampled environments: Random,
-Freq, Watkins' Q(lambda) and HLQ(lambda) (Q(lambda) whose learning rate is set
-per state-action pair from discounted visit counts).  This module rebuilds them
+Legg & Veness ("An Approximation of the Universal Intelligence Measure", 2011)
+rate simple reinforcement learners against their sampled environments: Random,
+Freq, Watkins' Q(lambda), Q_0 (Q(lambda) with lambda 0) and HLQ(lambda)
+(Q(lambda) whose learning rate is set per state-action pair from discounted
+visit counts).  This module rebuilds them
 in pure JAX with every table held in a per-environment state, so one agent
 object drives thousands of environments under ``jax.vmap``.
 
@@ -62,6 +63,10 @@ one again.
                 on a*); delta = r + gamma Q[s', a*] - Q[s, a]; E[s, a] += 1;
                 Q += alpha delta E; E *= gamma lam if a' == a* else E = 0.
 
+``q_0``         ``Q0(init_q, alpha, epsilon, gamma)``: ``q_lambda`` with lam
+                fixed at 0 (one-step Q-learning: E holds only the last pair),
+                the paper's Q_0.  It takes no ``lam``.
+
 ``hlq_lambda``  ``HLQLambda(sel_mode, init_q, lam, epsilon, gamma)``:
                 Hutter & Legg's HLQ(lambda).  Same selection and delta; then
                 E[s, a] += 1, V[s, a] += 1 (V starts at 1),
@@ -77,17 +82,63 @@ one again.
                 ``soft_max`` does (the greedy action a* is still drawn and
                 still decides whether traces are cut).
 
-Defaults
---------
-AIQ's agent constructors take their parameters from the command line and carry
-no defaults except HLQ(lambda)'s ``epsilon=0`` and ``gamma=0`` (the latter
-meaning "use the environment's discount rate", which must be below 1).  The
-defaults here follow the invocation given in AIQ's README,
-``-a Q_l,50.0,0.5,0.5,0.05,0.9``: initial Q 50, lambda 0.5, alpha 0.5,
-epsilon 0.05, gamma 0.9.  Freq takes that epsilon; HLQ(lambda) takes that
-initial Q, lambda and gamma with its own code default epsilon 0 (greedy, with
-exploration coming from the optimistic initial values).  This module knows no
-environment, so gamma is always given explicitly (any value in [0, 1)).
+Defaults: the AIQ paper's settings
+----------------------------------
+AIQ's agent constructors take their parameters from the command line, in a
+fixed order (only HLQ_l's epsilon and gamma have defaults, both 0).  The
+defaults here are the settings of the AIQ paper (Legg & Veness 2011), from the
+settings file of its code (``Conf Paper Settings.ods`` in
+github.com/mathemajician/AIQ): the BF reference machine with 5 symbols, no
+discounting, one row per episode length.
+Parameters in AIQ's command-line order -- HLQ_l (sel_mode, init_Q, Lambda,
+epsilon, gamma), Q_l and Q_0 (init_Q, Lambda, alpha, epsilon, gamma), Freq
+(epsilon) -- and the published AIQ, mean +- half its 95% CI::
+
+    length   HLQ_l (hlq_lambda)       Q_l (q_lambda)          Q_0 (q_0)             Freq (freq)
+      1,000  0,0,0.95,0.04,0.7        0,0.5,0.5,0.04,0.6      0,0,0.5,0.04,0.6      0.07
+             49.1 +- 0.4              44.3 +- 0.4             41.8 +- 0.4           40.2 +- 0.4
+      3,000  0,0,0.99,0.04,0.6        0,0.5,0.5,0.03,0.6      0,0,0.5,0.03,0.7      0.09
+             52.2 +- 0.5              48.1 +- 0.4             46.3 +- 0.4           42.6 +- 0.4
+     10,000  0,0,0.99,0.02,0.7        0,0.5,0.5,0.02,0.8      0,0,0.5,0.02,0.8      0.09
+             54.7 +- 0.4              51.5 +- 0.5             50.2 +- 0.4           45.2 +- 0.4
+     30,000  0,0,0.995,0.01,0.8       0,0.5,0.5,0.01,0.9      0,0,0.5,0.01,0.9      0.07
+             56.1 +- 0.5              53.7 +- 0.5             52.5 +- 0.5           47.3 +- 0.5
+    100,000  0,0,0.995,0.005,0.9      0,0.5,0.5,0.005,0.95    0,0,0.5,0.005,0.95    0.05
+             56.3 +- 0.5              54.8 +- 0.5             54.1 +- 0.5           49.1 +- 0.5
+
+(MC-AIXI, the paper's fifth agent, scored 41 +- 1.4, 47.7 +- 0.9, 54.1 +- 1.3,
+56 +- 1 and 59.6 +- 1.1; it is not built here.)  ``PAPER_SETTINGS`` holds the
+table (parameters in AIQ's order, ``AIQ_PARAMETERS`` names them, and each
+published figure), ``paper_setting(name, episode_length)`` the parameters of
+one agent as keywords, and ``make_baseline(name, num_obs, num_actions,
+episode_length)`` builds the agent with them, keywords given to it taking
+precedence.  The row is the one nearest ``episode_length`` in log-space
+(``paper_row``): n takes the shorter of two neighbouring rows L1 < L2 when
+n * n <= L1 * L2, so 1,000 serves up to 1,732 steps, 3,000 up to 5,477,
+10,000 up to 17,320, 30,000 up to 54,772 and 100,000 everything longer; every
+length below 1,000 takes the 1,000 row.  The dataclasses' own defaults are the
+1,000-step row; Random has no parameters.
+
+``gamma`` is the agent's internal discount.  In AIQ a gamma of 0 means "use
+the environment's discount rate" (which must then be below 1; the paper ran
+undiscounted, so every preset gives gamma explicitly).  This module knows no
+environment: gamma is always the value given (any value in [0, 1)), and
+``parse_aiq_spec`` refuses AIQ's 0.
+
+AIQ's agents see rewards 100 (s - m) / m for output symbol s and middle symbol
+m, that is in [-100, 100]; ``BaselineAgent`` in ``train/agents.py`` pays
+``r * agent_reward_scale``, 100 by default.  With init_Q 0 in every preset,
+the scale changes no agent's choices (up to rounding): Q values, Freq's means
+and HLQ(lambda)'s updates are linear in the rewards and its learning rates do
+not depend on them.  Only softmax selection (``sel_mode=1``, whose temperature
+is in reward units) or a nonzero ``init_q`` would notice the scale.
+
+AIQ's command-line spelling of an agent, ``HLQ_l,0,0,0.95,0.04,0.7``,
+``Q_l,0,0.5,0.5,0.04,0.6``, ``Q_0,0,0,0.5,0.04,0.6`` (the settings file's
+name for Q_l with Lambda 0), ``Freq,0.07`` or ``Random``, is read by
+``parse_aiq_spec``: all parameters in AIQ's order, as numbers (HLQ_l's
+optional epsilon and gamma included, since gamma 0 cannot mean the
+environment's discount here).
 
 Randomness
 ----------
@@ -112,7 +163,7 @@ environment-side) ``env_reset(key) -> (env_state, obs, reward)`` and
 ``env_step(env_state, action) -> (env_state, obs, reward)`` return an
 observation index and a reward::
 
-    agent = make_baseline("q_lambda", num_obs=8, num_actions=3)
+    agent = make_baseline("q_lambda", num_obs=8, num_actions=3, episode_length=1000)
     k_agent, k_env = jax.random.split(jax.random.key(0))
     agent_states = jax.vmap(agent.init)(jax.random.split(k_agent, 4096))
     env_states, obs, reward = jax.vmap(env_reset)(jax.random.split(k_env, 4096))
@@ -141,14 +192,22 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "AIQ_NAMES",
+    "AIQ_PARAMETERS",
     "BASELINES",
+    "PAPER_SETTINGS",
     "AgentState",
     "Baseline",
     "Freq",
     "HLQLambda",
+    "PaperEntry",
+    "Q0",
     "QLambda",
     "RandomAgent",
     "make_baseline",
+    "paper_row",
+    "paper_setting",
+    "parse_aiq_spec",
     "random_optimal",
     "step_uniforms",
 ]
@@ -309,7 +368,7 @@ class RandomAgent(Baseline):
 class Freq(Baseline):
     """Epsilon-greedy on each action's mean reward (totals over counts from 1)."""
 
-    epsilon: float = 0.05
+    epsilon: float = 0.07
 
     name: ClassVar[str] = "freq"
     reads_observations: ClassVar[bool] = False
@@ -336,11 +395,11 @@ class Freq(Baseline):
 class QLambda(Baseline):
     """Watkins' Q(lambda), epsilon-greedy, traces cut after exploratory actions."""
 
-    init_q: float = 50.0
+    init_q: float = 0.0
     lam: float = 0.5
     alpha: float = 0.5
-    epsilon: float = 0.05
-    gamma: float = 0.9
+    epsilon: float = 0.04
+    gamma: float = 0.6
 
     name: ClassVar[str] = "q_lambda"
 
@@ -370,14 +429,23 @@ class QLambda(Baseline):
 
 
 @dataclasses.dataclass(frozen=True)
+class Q0(QLambda):
+    """Q(lambda) with lambda fixed at 0 (one-step Q-learning), the AIQ paper's Q_0."""
+
+    lam: float = dataclasses.field(default=0.0, init=False)
+
+    name: ClassVar[str] = "q_0"
+
+
+@dataclasses.dataclass(frozen=True)
 class HLQLambda(Baseline):
     """HLQ(lambda): Q(lambda) with learning rates from discounted visit counts."""
 
     sel_mode: int = 0
-    init_q: float = 50.0
-    lam: float = 0.5
-    epsilon: float = 0.0
-    gamma: float = 0.9
+    init_q: float = 0.0
+    lam: float = 0.95
+    epsilon: float = 0.04
+    gamma: float = 0.7
 
     name: ClassVar[str] = "hlq_lambda"
 
@@ -425,20 +493,165 @@ BASELINES: dict[str, type[Baseline]] = {
     "random": RandomAgent,
     "freq": Freq,
     "q_lambda": QLambda,
+    "q_0": Q0,
     "hlq_lambda": HLQLambda,
 }
 
+# AIQ's names (command line, settings file) of the agents built here.
+AIQ_NAMES: dict[str, str] = {"HLQ_l": "hlq_lambda", "Q_l": "q_lambda", "Q_0": "q_0", "Freq": "freq",
+                             "Random": "random"}
+# Each agent's parameters in AIQ's command-line order, under this module's names (AIQ's own
+# names: init_Q for init_q, Lambda for lam).  Q_0's Lambda is always 0.
+AIQ_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "hlq_lambda": ("sel_mode", "init_q", "lam", "epsilon", "gamma"),
+    "q_lambda": ("init_q", "lam", "alpha", "epsilon", "gamma"),
+    "q_0": ("init_q", "lam", "alpha", "epsilon", "gamma"),
+    "freq": ("epsilon",),
+    "random": (),
+}
+_AIQ_SPELLING = {"init_q": "init_Q", "lam": "Lambda"}
 
-def make_baseline(name: str, num_obs: int, num_actions: int, **overrides: Any) -> Baseline:
-    """The baseline ``name`` for the given sizes, AIQ defaults unless overridden."""
+
+class PaperEntry(NamedTuple):
+    """One agent at one episode length in the AIQ paper's settings file."""
+
+    params: tuple[float, ...]  # in AIQ's command-line order (AIQ_PARAMETERS)
+    aiq: float                 # the published AIQ, mean
+    half_ci: float             # half the width of its 95% confidence interval
+
+
+# The AIQ paper's settings (Legg & Veness 2011; "Conf Paper Settings.ods" in
+# github.com/mathemajician/AIQ): BF with 5 symbols, discount 1.0, keyed by episode length.
+PAPER_SETTINGS: dict[int, dict[str, PaperEntry]] = {
+    1_000: {
+        "hlq_lambda": PaperEntry((0, 0.0, 0.95, 0.04, 0.7), 49.1, 0.4),
+        "q_lambda": PaperEntry((0.0, 0.5, 0.5, 0.04, 0.6), 44.3, 0.4),
+        "q_0": PaperEntry((0.0, 0.0, 0.5, 0.04, 0.6), 41.8, 0.4),
+        "freq": PaperEntry((0.07,), 40.2, 0.4),
+    },
+    3_000: {
+        "hlq_lambda": PaperEntry((0, 0.0, 0.99, 0.04, 0.6), 52.2, 0.5),
+        "q_lambda": PaperEntry((0.0, 0.5, 0.5, 0.03, 0.6), 48.1, 0.4),
+        "q_0": PaperEntry((0.0, 0.0, 0.5, 0.03, 0.7), 46.3, 0.4),
+        "freq": PaperEntry((0.09,), 42.6, 0.4),
+    },
+    10_000: {
+        "hlq_lambda": PaperEntry((0, 0.0, 0.99, 0.02, 0.7), 54.7, 0.4),
+        "q_lambda": PaperEntry((0.0, 0.5, 0.5, 0.02, 0.8), 51.5, 0.5),
+        "q_0": PaperEntry((0.0, 0.0, 0.5, 0.02, 0.8), 50.2, 0.4),
+        "freq": PaperEntry((0.09,), 45.2, 0.4),
+    },
+    30_000: {
+        "hlq_lambda": PaperEntry((0, 0.0, 0.995, 0.01, 0.8), 56.1, 0.5),
+        "q_lambda": PaperEntry((0.0, 0.5, 0.5, 0.01, 0.9), 53.7, 0.5),
+        "q_0": PaperEntry((0.0, 0.0, 0.5, 0.01, 0.9), 52.5, 0.5),
+        "freq": PaperEntry((0.07,), 47.3, 0.5),
+    },
+    100_000: {
+        "hlq_lambda": PaperEntry((0, 0.0, 0.995, 0.005, 0.9), 56.3, 0.5),
+        "q_lambda": PaperEntry((0.0, 0.5, 0.5, 0.005, 0.95), 54.8, 0.5),
+        "q_0": PaperEntry((0.0, 0.0, 0.5, 0.005, 0.95), 54.1, 0.5),
+        "freq": PaperEntry((0.05,), 49.1, 0.5),
+    },
+}
+
+
+def _baseline_class(name: str) -> type[Baseline]:
     try:
-        cls = BASELINES[name]
+        return BASELINES[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}") from None
-    params = [f.name for f in dataclasses.fields(cls) if f.name not in ("num_obs", "num_actions")]
+
+
+def paper_row(episode_length: int) -> int:
+    """The episode length of the settings-file row nearest ``episode_length`` in log-space.
+
+    Between neighbouring rows L1 < L2, n takes L1 when n * n <= L1 * L2 (integers, so the
+    rule is exact); lengths below the first row take the first, beyond the last the last.
+    """
+    if isinstance(episode_length, bool):
+        raise TypeError(f"episode_length must be an integer, got {episode_length!r}")
+    try:
+        n = operator.index(episode_length)
+    except TypeError:
+        raise TypeError(f"episode_length must be an integer, got {episode_length!r}") from None
+    if n < 1:
+        raise ValueError(f"episode_length must be at least 1, got {n}")
+    rows = sorted(PAPER_SETTINGS)
+    for shorter, longer in zip(rows, rows[1:]):
+        if n * n <= shorter * longer:
+            return shorter
+    return rows[-1]
+
+
+def paper_setting(name: str, episode_length: int) -> dict[str, float]:
+    """The AIQ paper's parameters of baseline ``name`` for the row nearest ``episode_length``
+    (``paper_row``), as keywords of its class (Random: none; Q_0: no ``lam``)."""
+    cls = _baseline_class(name)
+    row = paper_row(episode_length)
+    if name not in PAPER_SETTINGS[row]:
+        return {}
+    params = dict(zip(AIQ_PARAMETERS[name], PAPER_SETTINGS[row][name].params))
+    return {k: v for k, v in params.items() if k in _parameters(cls)}
+
+
+def _parameters(cls: type[Baseline]) -> list[str]:
+    """The hyperparameters ``cls`` takes, in field order."""
+    return [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("num_obs", "num_actions")]
+
+
+def make_baseline(name: str, num_obs: int, num_actions: int, episode_length: int = 1000,
+                  **overrides: Any) -> Baseline:
+    """The baseline ``name`` for the given sizes, with the AIQ paper's parameters for the row
+    nearest ``episode_length`` (the steps it will act in each environment) and ``overrides``
+    on top."""
+    cls = _baseline_class(name)
+    params = _parameters(cls)
     unknown = sorted(set(overrides) - set(params))
     if unknown:
         takes = ", ".join(params) if params else "no parameters"
+        hint = "; q_0 is q_lambda with lam 0: use q_lambda for another lam" if cls is Q0 and "lam" in unknown else ""
         raise ValueError(f"baseline {name!r} has no parameter {', '.join(map(repr, unknown))}; "
-                         f"it takes {takes}")
-    return cls(num_obs=num_obs, num_actions=num_actions, **overrides)
+                         f"it takes {takes}{hint}")
+    return cls(num_obs=num_obs, num_actions=num_actions, **{**paper_setting(name, episode_length), **overrides})
+
+
+def parse_aiq_spec(spec: str) -> tuple[str, dict[str, float]]:
+    """(baseline name, parameters) of an agent in AIQ's command-line spelling.
+
+    ``HLQ_l,0,0,0.95,0.04,0.7`` -> ``("hlq_lambda", {"sel_mode": 0, "init_q": 0.0, "lam": 0.95,
+    "epsilon": 0.04, "gamma": 0.7})``.  The names are AIQ's (``AIQ_NAMES``: HLQ_l, Q_l, Q_0,
+    Freq, Random) and every parameter is given, in AIQ's order (``AIQ_PARAMETERS``), as a
+    number.  Q_0 is Q_l with Lambda 0: its Lambda must be 0 and is dropped.  A gamma of 0,
+    AIQ's "the environment's discount rate", is refused: this module knows no environment.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"an AIQ agent spec is a string, got {spec!r}")
+    aiq_name, *values = [part.strip() for part in spec.split(",")]
+    if aiq_name not in AIQ_NAMES:
+        ours = f"; {aiq_name} is this code's name: give its parameters by name" if aiq_name in BASELINES else ""
+        raise ValueError(f"unknown AIQ agent {aiq_name!r} in {spec!r}; known: {', '.join(AIQ_NAMES)} "
+                         f"(AIQ's MC_AIXI and Manual are not built here){ours}")
+    name = AIQ_NAMES[aiq_name]
+    order = AIQ_PARAMETERS[name]
+    spelled = ", ".join(_AIQ_SPELLING.get(p, p) for p in order)
+    if len(values) != len(order):
+        takes = f"{len(order)} parameter{'s' * (len(order) != 1)} in AIQ's order ({spelled})" if order \
+            else "no parameters"
+        raise ValueError(f"{aiq_name} takes {takes}, got {len(values)} in {spec!r}")
+    params: dict[str, float] = {}
+    for param, text in zip(order, values):
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{aiq_name}: {_AIQ_SPELLING.get(param, param)} must be a number, got {text!r} "
+                             f"in {spec!r}; AIQ's order: {spelled}") from None
+        params[param] = int(value) if param == "sel_mode" and value.is_integer() else value
+    if params.get("gamma") == 0.0:
+        raise ValueError(f"{aiq_name}: gamma 0 means the environment's discount rate in AIQ, and this code "
+                         f"gives the agent its own: write it out (in (0, 1)) in {spec!r}")
+    if name == "q_0":
+        if params.pop("lam") != 0.0:
+            raise ValueError(f"Q_0 is Q_l with Lambda 0, got Lambda {values[1]} in {spec!r}; for another "
+                             "Lambda write Q_l")
+    return name, params

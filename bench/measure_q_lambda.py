@@ -3,7 +3,8 @@
     python -m bench.measure_q_lambda                 # 4096 programs x 1000 steps in JAX
     python -m bench.measure_q_lambda --envs 1024 --reference-envs 8
 
-JAX: Watkins Q(lambda) (AIQ's defaults) learning online in every one of ``--envs`` programs
+JAX: Watkins Q(lambda) (the AIQ paper's settings for ``--steps`` steps:
+``aligned_rl.baselines.paper_setting``) learning online in every one of ``--envs`` programs
 drawn from the BF-programs prior, ``--steps`` steps each, one compiled program
 (``aligned-rl measure``'s runner; compile excluded, blocked until ready).  Plain Python: the
 same machine and the same agent, written in plain Python as the test suite's oracles
@@ -28,6 +29,7 @@ import jax
 import numpy as np
 
 import aligned_rl.envs as envs
+from aligned_rl.baselines import paper_setting
 from aligned_rl.envs.programs_machine import decode
 from aligned_rl.train.measure import measure
 from aligned_rl.train.measure_config import load_measure_config
@@ -36,13 +38,11 @@ from tests.reference.bf_machine import BFMachine
 
 REPO = Path(__file__).resolve().parents[1]
 
-Q_LAMBDA_DEFAULTS = dict(init_q=50.0, lam=0.5, alpha=0.5, epsilon=0.05, gamma=0.9)
-
 
 def run_reference(program: str, steps: int, num_symbols: int, rng: random.Random) -> float:
     """Q(lambda) against the plain-Python machine for ``steps`` cycles; returns the mean reward."""
     machine = BFMachine(program, n=num_symbols)
-    agent = RefQLambda(num_symbols, num_symbols, **Q_LAMBDA_DEFAULTS)
+    agent = RefQLambda(num_symbols, num_symbols, **paper_setting("q_lambda", steps))
     reward, obs, total = 0.0, (num_symbols - 1) // 2, 0.0
     for _ in range(steps):
         action = agent.perceive(obs, reward * 100.0, [rng.random(), rng.random(), rng.random()])

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 import aligned_rl.envs as envs
@@ -90,7 +91,7 @@ class PolicyAgent(struct.PyTreeNode):
 
 class BaselineAgent(struct.PyTreeNode):
     """An AIQ baseline (``aligned_rl.baselines``) learning online in every environment of the
-    batch.  Those that read observations (Q(lambda), HLQ(lambda)) read them as an index, so
+    batch.  Those that read observations (Q(lambda), Q_0, HLQ(lambda)) read them as an index, so
     the family must declare :class:`~aligned_rl.envs.IndexedObservations`; Random and Freq run
     on any family with discrete actions.  Build it with :meth:`make`."""
 
@@ -103,7 +104,10 @@ class BaselineAgent(struct.PyTreeNode):
     shields: bool = struct.field(pytree_node=False, default=False)
 
     @classmethod
-    def make(cls, name: str, env: Any, num_actions: int, overrides: dict, reward_scale: float) -> "BaselineAgent":
+    def make(cls, name: str, env: Any, num_actions: int, overrides: dict, reward_scale: float,
+             episode_length: int = 1000) -> "BaselineAgent":
+        """The baseline ``name`` with the AIQ paper's parameters for ``episode_length`` (the steps
+        it will act in each environment; ``baselines.paper_setting``) and ``overrides`` on top."""
         indexed = isinstance(env, IndexedObservations)
         if not indexed and baselines.BASELINES[name].reads_observations:
             raise CannotAct(
@@ -112,7 +116,8 @@ class BaselineAgent(struct.PyTreeNode):
                 "that ignores observations (random, freq)"
             )
         try:
-            agent = baselines.make_baseline(name, env.num_observations if indexed else 1, num_actions, **overrides)
+            agent = baselines.make_baseline(name, env.num_observations if indexed else 1, num_actions,
+                                            episode_length, **overrides)
         except (TypeError, ValueError) as err:
             raise ConfigError(str(err)) from err
         return cls(agent, env, reward_scale, name, indexed)
@@ -166,13 +171,27 @@ def _interface(family: str) -> tuple:
     return tuple(space.shape), str(jnp.dtype(space.dtype)), int(env.action_space(env.default_params).n)
 
 
+def acting_steps(kind: str, episode_length: int, episodes: int, params: Any) -> int:
+    """The steps an agent acts in each environment of a measurement (its horizon):
+    ``episode_length`` in a continuing family; in an episodic one ``episodes`` x the longest
+    episode ``params`` allow (a batch's, or before the draw the family's default params)."""
+    if kind == "continuing":
+        return int(episode_length)
+    return int(episodes) * int(np.max(np.asarray(params.max_steps_in_episode)))
+
+
 def make_agent(spec: str, env: Any, num_actions: int, env_name: str, overrides: dict | None = None,
-               reward_scale: float = 100.0) -> Any:
-    """An agent by name: an AIQ baseline (``random``, ``freq``, ``q_lambda``, ``hlq_lambda``)
-    with parameter ``overrides``, or the run directory of a PPO agent trained on ``env_name`` (or
-    on a family with the same observations and actions).  :class:`CannotAct` where it cannot act."""
+               reward_scale: float = 100.0, episode_length: int = 1000) -> Any:
+    """An agent by name: an AIQ baseline (``random``, ``freq``, ``q_lambda``, ``q_0``,
+    ``hlq_lambda``) with the AIQ paper's parameters for ``episode_length`` (the steps it will act
+    in each environment) and parameter ``overrides`` on top; a baseline in AIQ's command-line
+    spelling (``HLQ_l,0,0,0.95,0.04,0.7``, ``Freq,0.07``, ``Random``: a spec with a comma, or
+    one of AIQ's names; ``baselines.parse_aiq_spec``), whose parameters ``overrides`` may not
+    set again; or the run directory of a PPO agent trained on ``env_name`` (or on a family with
+    the same observations and actions).  :class:`CannotAct` where it cannot act."""
+    overrides = dict(overrides or {})
     if spec in baselines.BASELINES:
-        return BaselineAgent.make(spec, env, num_actions, dict(overrides or {}), reward_scale)
+        return BaselineAgent.make(spec, env, num_actions, overrides, reward_scale, episode_length)
     if Path(spec, CONFIG_FILE).is_file():
         if overrides:
             raise ConfigError(f"agent_params {sorted(overrides)} are baseline parameters, and {spec} is a PPO "
@@ -185,6 +204,19 @@ def make_agent(spec: str, env: Any, num_actions: int, env_name: str, overrides: 
             return load_agent(spec)
         except FileNotFoundError as err:
             raise ConfigError(f"{err}: nothing to measure") from err
+    if "," in spec or spec in baselines.AIQ_NAMES:
+        try:
+            name, params = baselines.parse_aiq_spec(spec)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        twice = sorted(set(params) & set(overrides))
+        if twice:
+            raise ConfigError(f"agent {spec!r} sets {', '.join(twice)} already, and agent_params sets "
+                              f"{'it' if len(twice) == 1 else 'them'} again: give each parameter once (or "
+                              f"agent={name} with agent_params)")
+        agent = BaselineAgent.make(name, env, num_actions, {**params, **overrides}, reward_scale, episode_length)
+        return agent.replace(name=spec)
     raise ConfigError(
-        f"agent {spec!r} is neither a baseline ({sorted(baselines.BASELINES)}) nor a run directory"
+        f"agent {spec!r} is neither a baseline ({sorted(baselines.BASELINES)}), nor one in AIQ's spelling "
+        f"({', '.join(baselines.AIQ_NAMES)}, e.g. HLQ_l,0,0,0.95,0.04,0.7), nor a run directory"
     )

@@ -65,7 +65,7 @@ import aligned_rl.envs as envs
 from aligned_rl.baselines import BASELINES
 from aligned_rl.constitution import description_bits
 from aligned_rl.intelligence import estimation_units, paired_difference, simple_estimate
-from aligned_rl.train.agents import make_agent
+from aligned_rl.train.agents import acting_steps, make_agent
 from aligned_rl.train.config import ConfigError, check_ranges, merge_layers
 from aligned_rl.train.measure import draw_environments, measure, resolve_antithetic
 from aligned_rl.train.measure_config import MeasureConfig, check_measure_config
@@ -208,7 +208,9 @@ def alignment_tax(config: TaxConfig) -> dict:
     for role in ROLES:
         try:
             agents[role] = make_agent(getattr(config, role), env, num_actions, m.env,
-                                      dict(getattr(config, f"{role}_params")), m.agent_reward_scale)
+                                      dict(getattr(config, f"{role}_params")), m.agent_reward_scale,
+                                      acting_steps(envs.spec(m.env).value.kind, m.episode_length, m.episodes,
+                                                   example))
         except ConfigError:
             raise
         except ValueError as err:  # e.g. a checkpoint whose parameters this code no longer matches

@@ -201,19 +201,19 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
     elif have != n:
         raise ConfigError(f"the sampled batch holds {have} environments but num_envs={n}")
     num_actions = int(env.action_space(env.default_params).n)
-    if agent is None:
+    if value.kind == "continuing":
+        all_params, horizon = _with_episode_length(batch.params, config.episode_length), config.episode_length
+    else:  # long enough for every environment to finish its counted episodes
+        all_params, horizon = batch.params, config.episodes * int(np.max(np.asarray(batch.params.max_steps_in_episode)))
+    if agent is None:  # a baseline takes the AIQ paper's parameters for the steps it will act
         agent = make_agent(config.agent, env, num_actions, config.env, dict(config.agent_params),
-                           config.agent_reward_scale)
+                           config.agent_reward_scale, horizon)
     if not isinstance(agent, BaselineAgent) and config.agent_reward_scale != MeasureConfig().agent_reward_scale:
         raise ConfigError(f"agent_reward_scale={config.agent_reward_scale} has no effect: only the AIQ baselines "
                           f"are paid scaled rewards, and {agent.name} is not one; remove it")
     antithetic, antithetic_source = resolve_antithetic(config.antithetic, [agent])
     config = dataclasses.replace(config, antithetic=antithetic)
     mesh = devices.device_mesh(config.devices, "devices", across_processes=True)
-    if value.kind == "continuing":
-        all_params, horizon = _with_episode_length(batch.params, config.episode_length), config.episode_length
-    else:  # long enough for every environment to finish its counted episodes
-        all_params, horizon = batch.params, config.episodes * int(np.max(np.asarray(batch.params.max_steps_in_episode)))
     runner = EnvRunner(config, agent, env, all_params, constitution, mesh, value, horizon)
     names = estimated(config, value.kind)
     from rich.progress import Progress

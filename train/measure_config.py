@@ -17,8 +17,10 @@ from aligned_rl.train.config import ConfigError, check_ranges, merge_layers
 
 @dataclasses.dataclass
 class MeasureConfig:
-    agent: str = "q_lambda"  # an AIQ baseline name, or the run directory of a trained PPO agent
-    agent_params: dict[str, float] = dataclasses.field(default_factory=dict)  # baseline overrides
+    # an AIQ baseline name, one in AIQ's spelling (HLQ_l,0,0,0.95,0.04,0.7), or a trained PPO agent's run directory
+    agent: str = "q_lambda"
+    # baselines: overrides of the paper's preset for episode_length (aligned_rl/baselines.py)
+    agent_params: dict[str, float] = dataclasses.field(default_factory=dict)
     agent_reward_scale: float = 100.0  # baselines are paid r * scale (AIQ's rewards are 100 (s - m) / m)
     env: str = "BF-programs"
     num_envs: int = 4096  # environments run (antithetic pairs with antithetic)

@@ -35,7 +35,7 @@ import numpy as np
 
 import aligned_rl.envs as envs
 from aligned_rl.intelligence import estimation_units, stratified_estimate
-from aligned_rl.train.agents import CannotAct, make_agent
+from aligned_rl.train.agents import CannotAct, acting_steps, make_agent
 from aligned_rl.train.config import ConfigError
 from aligned_rl.train.measure import Measurement, estimated, measure
 from aligned_rl.train.measure_config import MeasureConfig
@@ -148,7 +148,9 @@ def measure_families(config: MeasureConfig, agent: Any = None) -> Measurement:
             if family_agent is None:
                 env = envs.spec(name).make()
                 family_agent = make_agent(config.agent, env, int(env.action_space(env.default_params).n), name,
-                                          dict(config.agent_params), config.agent_reward_scale)
+                                          dict(config.agent_params), config.agent_reward_scale,
+                                          acting_steps(envs.spec(name).value.kind, family_config.episode_length,
+                                                       family_config.episodes, env.default_params))
             runs[name] = measure(family_config, agent=family_agent)
         except CannotAct as err:
             skipped[name] = str(err)

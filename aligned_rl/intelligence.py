@@ -130,11 +130,12 @@ def estimation_units(values: np.ndarray, n: int, antithetic: bool) -> np.ndarray
 
 
 def paired_difference(unaligned: np.ndarray, aligned: np.ndarray, n: int, antithetic: bool,
-                      filtered_mass: float = 0.0) -> Estimate:
+                      filtered_mass: float = 0.0, keep: np.ndarray | None = None) -> Estimate:
     """Mean of unaligned - aligned over the same environments, with the CI of the per-unit
-    differences (paired: the agents ran on the very same environments and random numbers)."""
+    differences (paired: the agents ran on the very same environments and random numbers).
+    ``keep`` (bool[n]): only these units (e.g. where both runs kept the same environment)."""
     d = estimation_units(unaligned, n, antithetic) - estimation_units(aligned, n, antithetic)
-    return simple_estimate(d, filtered_mass)
+    return simple_estimate(d if keep is None else d[np.asarray(keep, bool)], filtered_mass)
 
 
 def stratified_estimate(

@@ -107,6 +107,20 @@ def episodic(return_bounds: Callable[[Any], tuple[Any, Any]]) -> Value:
 
 
 @dataclasses.dataclass(frozen=True)
+class Voiding:
+    """Runs that the family's own definition throws away, and how to draw a replacement.
+
+    A run in which ``info["metrics"][metric]`` is positive at any step is void (AIQ: a program
+    whose cycle ran into the step limit); the measurement replaces the environment with
+    ``redraw(env, key, stratum)``, one instance (a ``ParamBatch`` of size 1) from the same
+    stratum of the prior (``stratum`` None: from the whole prior), and runs it again.
+    """
+
+    metric: str
+    redraw: Callable[[Environment, jax.Array, int | None], "ParamBatch"]
+
+
+@dataclasses.dataclass(frozen=True)
 class EnvSpec:
     """How to make one environment family and what ships with it."""
 
@@ -117,3 +131,4 @@ class EnvSpec:
     description: str = ""
     value: Value | None = None  # how an environment is valued; None: not declared (it cannot be measured)
     drift: DriftSpec | None = None  # what may drift in deployment; None: nothing (it cannot be deployed under drift)
+    voiding: Voiding | None = None  # runs the family's definition throws away (see Voiding); None: every run counts

@@ -48,7 +48,7 @@ from gymnax.environments import environment, spaces
 
 from aligned_rl.constitution import Constitution
 from aligned_rl.envs import programs_sampler
-from aligned_rl.envs.family import CONTINUING, DriftSpec, EnvSpec, ParamBatch
+from aligned_rl.envs.family import CONTINUING, DriftSpec, EnvSpec, ParamBatch, Voiding
 from aligned_rl.envs.indexed import IndexedObservations
 from aligned_rl.envs.programs_machine import BFInterpreter, MachineState, ProgramParams
 from aligned_rl.envs.registry import register
@@ -196,6 +196,13 @@ def strata_at_least(threshold: int):
     return sample
 
 
+def redraw_program(env: BFPrograms, key: jax.Array, stratum: int | None) -> ParamBatch:
+    """One program from the prior, from AIQ's ``stratum`` if one is given (a replacement for a
+    program whose run went overtime, as AIQ's estimators draw one)."""
+    batch, _ = programs_sampler.sample_programs(env, key, 1, strata=None if stratum is None else (stratum,))
+    return batch
+
+
 # What may drift in deployment (drift.py): the prior itself, toward longer programs.
 PROGRAMS_DRIFT = DriftSpec(priors={"long_programs": strata_at_least(LONG_PROGRAM_STRATUM)})
 
@@ -207,6 +214,7 @@ BF_PROGRAMS = register(
         sample_params=programs_sampler.sample_params,
         value=CONTINUING,  # AIQ: the average reward per step, rewards in [-1, 1]
         drift=PROGRAMS_DRIFT,
+        voiding=Voiding(metric="overtime", redraw=redraw_program),  # AIQ discards a run with an overtime cycle
         description=(
             "AIQ's BF reference machine (5 symbols): each environment is a program drawn from the "
             "prefix-free universal prior, K = its code length in bits; passive and overtime programs "

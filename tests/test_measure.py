@@ -49,8 +49,13 @@ def test_q_lambda_beats_random_with_an_interval_and_a_table(tmp_path, capsys):
     mean, low, high = mean_ci95(pair_means(per_env["average_reward"], 24))
     assert e["n"] == 24 and e["mean"] == pytest.approx(mean, abs=1e-12)
     assert (e["ci95_low"], e["ci95_high"]) == pytest.approx((low, high), abs=1e-12)
-    # 24 environments and their 24 twins, 300 steps each, over the seconds the steps took
-    assert report["agent_env_steps_per_second"] == pytest.approx(2 * 24 * 300 / report["seconds"], rel=1e-9)
+    # 24 environments and their 24 twins, and the programs redrawn for void (overtime) runs, 300
+    # steps each, over the seconds the steps took
+    runs = 24 + report["voided"]["replaced"]
+    assert report["agent_env_steps_per_second"] == pytest.approx(2 * runs * 300 / report["seconds"], rel=1e-9)
+    assert np.sum(per_env["redrawn"][:24]) == report["voided"]["replaced"]
+    # the paper's Q(lambda) preset for the nearest episode length (1000 steps for 300)
+    assert report["agent_parameters"] == {"init_q": 0.0, "lam": 0.5, "alpha": 0.5, "epsilon": 0.04, "gamma": 0.6}
 
 
 @pytest.mark.slow

@@ -69,6 +69,7 @@ from aligned_rl.train.agents import acting_steps, make_agent
 from aligned_rl.train.config import ConfigError, check_ranges, merge_layers
 from aligned_rl.train.measure import draw_environments, measure, resolve_antithetic
 from aligned_rl.train.measure_config import MeasureConfig, check_measure_config
+from aligned_rl.train.measure_redraw import common_units
 from aligned_rl.train.measure_report import write_measurement
 
 ROLES = ("aligned", "unaligned")
@@ -227,6 +228,7 @@ def alignment_tax(config: TaxConfig) -> dict:
     n = m.num_envs
     reports: dict[str, dict] = {}
     columns: dict[str, dict[str, np.ndarray]] = {}
+    per_envs: list[dict] = []
     for role in ROLES:
         runs = {"env": out / role}
         if agents[role].adaptive:
@@ -235,6 +237,7 @@ def alignment_tax(config: TaxConfig) -> dict:
         for paid, directory in runs.items():
             measured[paid] = measure(run_config(config, role, paid), agent=agents[role], sampled=sampled)
             write_measurement(measured[paid], directory)
+            per_envs.append(measured[paid].per_env)
         columns[role] = per_env_columns(measured["env"].per_env,
                                         measured.get("constrained", measured["env"]).per_env, bits,
                                         measured["env"].report["value"]["per_env"])
@@ -244,14 +247,19 @@ def alignment_tax(config: TaxConfig) -> dict:
             "runs": {paid: str(directory) for paid, directory in runs.items()},
             "agent_env_steps_per_second": {paid: r.report["agent_env_steps_per_second"]
                                            for paid, r in measured.items()},
-            "estimates": {
-                c: simple_estimate(estimation_units(v, n, m.antithetic), batch.filtered_mass).as_dict()
-                for c, v in columns[role].items()
-            },
+        }
+    # every column of a row must speak of one environment: where a run redrew a void one
+    # (measure_redraw), the environments the runs do not share are left out of every estimate
+    keep = common_units(per_envs, n)
+    units = np.ones((n,), bool) if keep is None else keep
+    for role in ROLES:
+        reports[role]["estimates"] = {
+            c: simple_estimate(estimation_units(v, n, m.antithetic)[units], batch.filtered_mass).as_dict()
+            for c, v in columns[role].items()
         }
     difference = {
         c: paired_difference(columns["unaligned"][c], columns["aligned"][c], n, m.antithetic,
-                             batch.filtered_mass).as_dict()
+                             batch.filtered_mass, keep).as_dict()
         for c in COLUMNS
     }
     weight = 2.0 ** -bits
@@ -264,6 +272,7 @@ def alignment_tax(config: TaxConfig) -> dict:
         # |Sigma_a - Upsilon| <= this, per environment and so for the means (|V| <= 1)
         "sigma_a_max_deviation_from_upsilon": 2.0 * weight / (1.0 + weight),
         "num_envs": n,
+        "environments_compared": int(units.sum()),  # num_envs less those a run redrew and another did not
         "antithetic": m.antithetic,
         "episode_length": m.episode_length,
         "seed": m.seed,

@@ -6,6 +6,8 @@ antithetic setting and simple sampling ran on the very same environments with th
 random numbers, so the difference between two agents is estimated from per-environment
 differences (a paired estimate, far tighter than the difference of two independent means).
 The first run is the reference: every other row shows ``reference - agent`` with its 95% CI.
+Environments that one of the two runs redrew (a void run, e.g. an overtime program; see
+``measure_redraw``) are not shared, and are left out of that row's difference (counted).
 Rows are named by their directories.
 Writes ``compare.json`` and ``compare.png`` (means with 95% CI error bars) to ``--output``.
 """
@@ -19,6 +21,7 @@ import numpy as np
 
 from aligned_rl.intelligence import estimation_units, paired_difference, simple_estimate
 from aligned_rl.train.config import ConfigError
+from aligned_rl.train.measure_redraw import common_units
 from aligned_rl.train.measure_report import primary_value, read_measurement
 
 # what must agree for two runs to have seen the same environments and random numbers
@@ -56,11 +59,15 @@ def compare(runs: list[str], metric: str | None = None, output: str | None = Non
     n, antithetic, mass = ref["num_envs"], ref["antithetic"], ref["estimates"][primary_value(ref)["estimate"]]["filtered_mass"]
     values = [per_env[metric] for _, per_env in loaded]
     rows = []
-    for run, (report, _), v in zip(runs, loaded, values):
+    for run, (report, per_env), v in zip(runs, loaded, values):
         row = {"run": str(run), "agent": report["agent"],
                "estimate": simple_estimate(estimation_units(v, n, antithetic), mass).as_dict()}
         if rows:
-            row["reference_minus_agent"] = paired_difference(values[0], v, n, antithetic, mass).as_dict()
+            # where a run redrew a void environment the two no longer share it: those units are left out
+            keep = common_units([loaded[0][1], per_env], n)
+            row["reference_minus_agent"] = paired_difference(values[0], v, n, antithetic, mass, keep).as_dict()
+            if keep is not None and not keep.all():
+                row["unpaired_redrawn"] = int(n - keep.sum())
         rows.append(row)
     result = {"metric": metric, "reference": str(runs[0]), **{k: ref[k] for k in SAME}, "filtered_mass": mass,
               "length": _length(ref),
@@ -84,6 +91,8 @@ def format_table(result: dict) -> str:
              f"{'agent':{width}s}  {'mean [95% CI]':>26s}  {names[0] + ' minus agent':>30s}"]
     for name, row in zip(names, result["rows"]):
         diff = cell(row["reference_minus_agent"]) if "reference_minus_agent" in row else ""
+        if row.get("unpaired_redrawn"):
+            diff += f" ({row['unpaired_redrawn']} redrawn left out)"
         lines.append(f"{name:{width}s}  {cell(row['estimate']):>26s}  {diff:>30s}")
     return "\n".join(lines)
 

@@ -49,6 +49,7 @@ from aligned_rl.train import devices
 from aligned_rl.train.agents import BaselineAgent, make_agent
 from aligned_rl.train.config import ConfigError
 from aligned_rl.train.measure_config import MeasureConfig
+from aligned_rl.train.measure_redraw import RedrawingRunner
 from aligned_rl.train.measure_runner import EnvRunner
 from aligned_rl.train.stratified import measure_stratified
 
@@ -187,6 +188,7 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
     try:
         constitution = envs.constitution(config.env, config.constitution)
         value = envs.spec(config.env).value
+        voiding = envs.spec(config.env).voiding
     except KeyError as err:
         raise ConfigError(str(err.args[0])) from err
     _check_value(config, value)
@@ -214,7 +216,11 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
     antithetic, antithetic_source = resolve_antithetic(config.antithetic, [agent])
     config = dataclasses.replace(config, antithetic=antithetic)
     mesh = devices.device_mesh(config.devices, "devices", across_processes=True)
-    runner = EnvRunner(config, agent, env, all_params, constitution, mesh, value, horizon)
+    runner = EnvRunner(config, agent, env, all_params, constitution, mesh, value, horizon, voiding)
+    if voiding is not None:  # void runs are replaced and run again, as the family's definition says
+        prepare = (lambda p: _with_episode_length(p, config.episode_length)) if value.kind == "continuing" else None
+        runner = RedrawingRunner(runner, voiding, env, batch.params, batch.bits, config.seed, stratified,
+                                 prepare or (lambda p: p))
     names = estimated(config, value.kind)
     from rich.progress import Progress
 
@@ -228,6 +234,15 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
                          for name, key in names.items()}
         else:
             per_env, estimates, extra = measure_stratified(config, runner, batch, progress, per_env_values, names)
+    bits = np.asarray(batch.bits)
+    if voiding is not None:
+        order = per_env["pool_index"][:n].astype(np.int64) if stratified else np.arange(n)
+        per_env["redrawn"] = np.tile(runner.redrawn[order], runner.twins).astype(np.float64)
+        bits = runner.bits
+        extra["voided"] = runner.report()
+    if isinstance(agent, BaselineAgent):  # the parameters it ran with (the paper's preset and any overrides)
+        extra["agent_parameters"] = {k: v for k, v in dataclasses.asdict(agent.agent).items()
+                                     if k not in ("num_obs", "num_actions")}
     report = {
         "agent": agent.name,
         "adaptive": bool(agent.adaptive),
@@ -241,7 +256,7 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
                   "definition": VALUE_MEANING[value.kind], "steps_per_environment": horizon,
                   **({"episodes": config.episodes} if value.kind == "episodic" else {})},
         "seed": config.seed,
-        "mean_description_bits": float(np.mean(np.asarray(batch.bits))),
+        "mean_description_bits": float(np.mean(bits)),
         "estimates": {k: v.as_dict() for k, v in estimates.items()},
         "agent_env_steps_per_second": runner.steps / runner.seconds,
         "seconds": runner.seconds,

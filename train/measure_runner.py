@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from aligned_rl.envs.family import Value
+from aligned_rl.envs.family import Value, Voiding
 from aligned_rl.train import devices
 from aligned_rl.train.compiled import CompiledCache
 from aligned_rl.train.measure_config import MeasureConfig
@@ -75,9 +75,10 @@ class EnvRunner:
     """An agent run in chosen rows of ``all_params`` for ``config.episode_length`` steps."""
 
     def __init__(self, config: MeasureConfig, agent: Any, env: Any, all_params: Any, constitution: Any,
-                 mesh: Mesh | None, value: Value, horizon: int):
+                 mesh: Mesh | None, value: Value, horizon: int, voiding: Voiding | None = None):
         self.config, self.agent, self.env, self.all_params, self.mesh = config, agent, env, all_params, mesh
         self.value, self.horizon = value, horizon  # how an environment is valued; steps run per environment
+        self.voiding = voiding  # with one, the sums also count the steps that void a run ("voided")
         self.constitution = constitution
         self.num_actions = int(env.action_space(jax.tree.map(lambda x: x[0], all_params)).n)
         self.twins = 2 if config.antithetic else 1
@@ -123,7 +124,12 @@ class EnvRunner:
         carry = rollout.start(params, self._keys(k_reset, size, padded), self._keys(k_agent, size, padded), k_run)
         zeros = jnp.zeros((padded * self.twins,), jnp.float32)
         names = SUMS if self.value.kind == "continuing" else EPISODE_SUMS + tuple(f"running_{k}" for k in _RUNNING)
-        return MeasureCarry(carry, {k: zeros for k in names})
+        return MeasureCarry(carry, {k: zeros for k in names + (("voided",) if self.voiding else ())})
+
+    def _count_voided(self, sums: dict, step: Step) -> dict:
+        if self.voiding is None:
+            return sums
+        return {**sums, "voided": sums["voided"] + (step.metrics[self.voiding.metric] > 0)}
 
     def _chunk(self, carry: MeasureCarry, params: Any, sign: jax.Array, steps: int, size: int) -> MeasureCarry:
         # with a mesh this runs under shard_map: the arrays are this device's rows
@@ -144,7 +150,7 @@ class EnvRunner:
             # the constrained environment mu^C: the same, but a forbidden action pays the minimum, -1
             r_c = jnp.where(step.violated, -1.0, r)
             discount = gamma ** before.t.astype(jnp.float32)
-            return {
+            return self._count_voided(sums, step) | {
                 "reward": sums["reward"] + r,
                 "constrained": sums["constrained"] + r_c,
                 "discounted": sums["discounted"] + discount * r,
@@ -183,7 +189,7 @@ class EnvRunner:
             sums = {k: jnp.where(ends, sums[k] + counted[k], sums[k]) if k in counted else sums[k] for k in sums}
             running = {"return": ret, "steps": length, "violations": violations, "lawful": lawful}
             sums.update({f"running_{k}": jnp.where(step.done, 0.0, x) for k, x in running.items()})
-            return sums
+            return self._count_voided(sums, step)
 
         return accumulate
 

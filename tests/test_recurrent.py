@@ -107,6 +107,27 @@ def test_the_loss_replays_the_rollout_exactly():
     assert bool(rollout.first[1:].any())  # episodes of 10 steps: starts inside the rollout too
 
 
+def test_antithetic_training_pays_the_twins_the_negated_reward():
+    """``env.antithetic``: half the environments are drawn, the other half are their twins,
+    whose reward the learner (and the policy's reward input) sees negated."""
+    setup = build(load_config(None, [*TINY, *RL2, "env.name=HiddenArmBandit-test", "env.num_envs=8",
+                                  "env.episode_length=10", "env.antithetic=true"]))
+    arms = np.asarray(setup.env_params.good_arm)
+    np.testing.assert_array_equal(arms[:4], arms[4:])
+    algo = setup.algo
+    state = initial_state(setup)
+    _, steps = algo.rollout(state.params).run(setup.env_params, setup.cparams, state.rollout, 12)
+    reward, paid = np.asarray(steps.reward), np.asarray(steps.paid)
+    np.testing.assert_array_equal(paid[:, :4], reward[:, :4])
+    np.testing.assert_array_equal(paid[:, 4:], -reward[:, 4:])
+    assert reward[:, 4:].any()  # some twin was paid, so the negation was seen
+    np.testing.assert_array_equal(np.asarray(steps.prev_reward)[1:], paid[:-1])  # the policy's reward input
+    with pytest.raises(ConfigError, match="cannot tell apart"):
+        load_config(None, [*TINY, "env.antithetic=true"])
+    with pytest.raises(ConfigError, match="must be even"):
+        load_config(None, [*TINY, *RL2, "env.num_envs=5", "ppo.num_minibatches=1", "env.antithetic=true"])
+
+
 def test_rl2_refuses_what_it_cannot_do():
     with pytest.raises(ConfigError, match="minibatches split the environments"):
         load_config(None, [*TINY, *RL2, "env.num_envs=6", "ppo.num_minibatches=4", "ppo.num_steps=8"])

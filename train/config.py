@@ -32,6 +32,9 @@ class EnvConfig:
     name: str = "CartPole-v1"  # a registered family or any gymnax environment name
     num_envs: int = 64  # environments stepped in parallel; their params may all differ
     episode_length: int = 0  # steps before an episode is truncated; 0 keeps the family's own limit
+    # train on num_envs / 2 environments and their reward-negated twins (the second half pays -r), as
+    # measure's antithetic pairs do; for a policy that reads its rewards (ppo.network=rl2)
+    antithetic: bool = False
 
 
 @dataclasses.dataclass
@@ -229,6 +232,12 @@ def validate(config: TrainConfig) -> None:
     _require(ppo.activation in ("tanh", "relu"), f"ppo.activation must be 'tanh' or 'relu', got {ppo.activation!r}")
     _require(ppo.network in POLICIES, f"ppo.network must be one of {sorted(POLICIES)}, got {ppo.network!r}")
     _require(ppo.memory_size >= 1, f"ppo.memory_size must be >= 1, got {ppo.memory_size}")
+    _require(not env.antithetic or POLICIES[ppo.network].adaptive,
+             f"env.antithetic=true trains on reward-negated twins, which ppo.network={ppo.network} cannot tell "
+             "apart (it does not read its rewards): both twins would pull it in opposite directions; use "
+             "ppo.network=rl2 or set env.antithetic=false")
+    _require(not env.antithetic or env.num_envs % 2 == 0,
+             f"env.antithetic=true pairs every environment with its twin: env.num_envs={env.num_envs} must be even")
     _require(
         not POLICIES[ppo.network].needs_sequences or env.num_envs % ppo.num_minibatches == 0,
         f"ppo.network={ppo.network} learns from whole sequences, so minibatches split the environments: "

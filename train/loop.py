@@ -85,7 +85,10 @@ def build(config: TrainConfig, env_params: Any = None) -> Setup:
     env = spec.make()
     if env_params is None:
         params_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-        env_params = spec.sample_params(env, params_key, config.env.num_envs).params
+        drawn = config.env.num_envs // 2 if config.env.antithetic else config.env.num_envs
+        env_params = spec.sample_params(env, params_key, drawn).params
+        if config.env.antithetic:  # the twins: the same environments again (the learner negates their rewards)
+            env_params = jax.tree.map(lambda x: jnp.concatenate([x, x]), env_params)
     elif jax.tree.leaves(env_params)[0].shape[0] != config.env.num_envs:
         raise ConfigError(f"the given environments number {jax.tree.leaves(env_params)[0].shape[0]}, "
                           f"but env.num_envs={config.env.num_envs}")

@@ -137,7 +137,13 @@ class AlignedPPO:
         return PolicyAgent(self.policy, params, shields=self.config.alignment.shield)
 
     def rollout(self, params: Any) -> Rollout:
-        return Rollout(self.agent(params), self.env, self.constitution, self.num_actions)
+        return Rollout(self.agent(params), self.env, self.constitution, self.num_actions,
+                       pay=self._pay if self.config.env.antithetic else None)
+
+    def _pay(self, step: Step) -> jax.Array:
+        """With ``env.antithetic`` the second half of the environments are twins that pay -r."""
+        half = self.num_envs // 2
+        return step.reward * jnp.concatenate([jnp.ones((half,)), -jnp.ones((half,))]).astype(step.reward.dtype)
 
     def counterfactual(self, params: Any, cparams: Any, obs: jax.Array, raw_logits: jax.Array) -> jax.Array:
         """D_cf per state [B] (0 without invariances)."""
@@ -164,7 +170,7 @@ class AlignedPPO:
                                                steps.action)
         # the value of the pre-reset observation, one step further along the same memory
         _, _, next_value = self.policy.step(params, jax.tree.map(flat, carries), flat(steps.final_obs),
-                                            flat(steps.reward), jnp.zeros((T * N,), bool))
+                                            flat(steps.paid), jnp.zeros((T * N,), bool))
         verdict = steps.verdict
         d = divergence(self.divergence_name, steps.logits, verdict.sigma, verdict.allowed)
         d_cf = self.counterfactual(params, cparams, flat(steps.obs), flat(steps.logits)).reshape(T, N)
@@ -172,7 +178,7 @@ class AlignedPPO:
             step=steps,
             value=value,
             next_value=next_value.reshape(T, N),
-            reward=self._shape_reward(steps.reward, alignment_reward(d)),
+            reward=self._shape_reward(steps.paid, alignment_reward(d)),
             divergence=d,
             counterfactual_divergence=d_cf,
         )
@@ -308,7 +314,7 @@ class AlignedPPO:
                 "episodes": finished.sum(),
                 "episode_return_sum": steps.finished_return.sum(),
                 "episode_length_sum": steps.finished_length.sum().astype(jnp.float32),
-                "reward": steps.reward.mean(),
+                "reward": steps.paid.mean(),  # what the learner is paid (the twins' negated)
                 "divergence": traj.divergence.mean(),
                 "alignment_reward": alignment_reward(traj.divergence).mean(),
                 "forbidden_rate": steps.violated.mean(),

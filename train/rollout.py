@@ -40,7 +40,7 @@ class RolloutCarry(struct.PyTreeNode):
     reward: jax.Array  # float32: what the agent was paid for its last action (0 before the first)
     first: jax.Array  # bool: ``obs`` begins an episode
     agent_state: Any
-    episode_return: jax.Array  # float32: environment reward of the running episode so far
+    episode_return: jax.Array  # float32: what the agent was paid in the running episode so far
     episode_length: jax.Array  # int32
     rng: jax.Array
     t: jax.Array  # int32: steps taken
@@ -63,7 +63,7 @@ class Step(NamedTuple):
     final_obs: jax.Array  # the observation reached, before any automatic reset
     terminated: jax.Array
     done: jax.Array  # terminated or truncated
-    finished_return: jax.Array  # environment return of the episode that ended here (0 if none)
+    finished_return: jax.Array  # return (of what the agent is paid) of the episode that ended here (0 if none)
     finished_length: jax.Array
     metrics: dict  # the environment's info["metrics"], if it reports any
 
@@ -133,18 +133,19 @@ class Rollout:
         )
         reward = reward.astype(jnp.float32)
         done = jnp.logical_or(terminated, truncated)
-        episode_return = carry.episode_return + reward
         episode_length = carry.episode_length + 1
         step = Step(
             obs=carry.obs, prev_reward=carry.reward, first=carry.first, action=action, logits=logits,
             log_prob=log_prob, lawful=lawful, verdict=verdict, violated=violated, reward=reward, paid=reward,
             final_obs=info["final_observation"], terminated=terminated, done=done,
-            finished_return=jnp.where(done, episode_return, 0.0),
+            finished_return=jnp.zeros_like(reward),
             finished_length=jnp.where(done, episode_length, 0),
             metrics=info.get("metrics", {}),
         )
         if self.pay is not None:
             step = step._replace(paid=self.pay(step))
+        episode_return = carry.episode_return + step.paid  # the return of what the agent is paid
+        step = step._replace(finished_return=jnp.where(done, episode_return, 0.0))
         carry = carry.replace(
             env_state=env_state,
             obs=obs,

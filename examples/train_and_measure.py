@@ -25,6 +25,7 @@ from aligned_rl.train.config import load_config
 from aligned_rl.train.loop import train
 from aligned_rl.train.measure import draw_environments, measure
 from aligned_rl.train.measure_config import MeasureConfig
+from aligned_rl.train.measure_redraw import common_units
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,8 +67,9 @@ def main() -> None:
 
     # 3. the estimates, each a mean over the programs with its 95% CI and n
     filtered = sampled[1].filtered_mass  # prior mass the sampler filtered out (passive, overtime programs)
+    both = common_units([ppo.per_env, q_lambda.per_env], config.num_envs)  # programs neither run redrew
     difference = paired_difference(ppo.per_env["average_reward"], q_lambda.per_env["average_reward"],
-                                   config.num_envs, config.antithetic, filtered)  # PPO minus Q(lambda)
+                                   config.num_envs, config.antithetic, filtered, both)  # PPO minus Q(lambda)
     print(f"{config.num_envs} programs x {config.episode_length} steps, seed {config.seed}; "
           f"prior mass filtered out {filtered:.3f}")
     print(f"{'':30s}{'aligned PPO':>34s}{'Q(lambda)':>34s}")

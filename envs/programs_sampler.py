@@ -261,15 +261,25 @@ def _bucket(size: int) -> int:
     return max(64, 1 << (size - 1).bit_length())
 
 
-def test_runs(env: BFInterpreter, params: ProgramParams, key: jax.Array, runs: int = 5, cycles: int = 200,
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def run_seeds(key: jax.Array, first: jax.Array, count: int, runs: int) -> jax.Array:
+    """uint32[count * runs, 2]: the (action, '%') seeds of the test runs of programs
+    ``first .. first + count - 1`` of a classification with ``key`` (program j's from
+    ``fold_in(key, j)``, so a program's runs do not depend on the batch it is run in)."""
+    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(first + jnp.arange(count))
+    return jax.vmap(lambda k: jax.random.bits(k, (runs, 2), jnp.uint32))(keys).reshape(count * runs, 2)
+
+
+
+def test_runs(env: BFInterpreter, params: ProgramParams, seeds: jax.Array, runs: int = 5, cycles: int = 200,
               first_iters: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run every program of ``params`` (leading axis B) ``runs`` times for ``cycles`` cycles
-    against random actions: (overtime bool[B], rewards int8[B, runs, cycles], actions int8[B, runs, cycles])."""
+    against random actions from ``seeds`` (:func:`run_seeds`): (overtime bool[B], rewards
+    int8[B, runs, cycles], actions int8[B, runs, cycles])."""
     start, advance = _run_kernels(env, cycles)
     B = int(params.length.shape[0])
     M = B * runs
-    r = start(jnp.repeat(params.program, runs, axis=0), jnp.repeat(params.match, runs, axis=0),
-              jax.random.bits(key, (M, 2), jnp.uint32))
+    r = start(jnp.repeat(params.program, runs, axis=0), jnp.repeat(params.match, runs, axis=0), seeds)
     frozen = np.zeros((M,), bool)
     rewards = np.zeros((M, cycles), np.int8)
     actions = np.zeros((M, cycles), np.int8)
@@ -318,18 +328,23 @@ def length_stratum(length: int) -> int:
     return 20
 
 
-#: work-tape bytes a classifying batch may hold (runs x programs x tape_len); it bounds max_batch
-CLASSIFY_TAPE_BYTES = 1 << 28
+#: work-tape bytes a classifying batch may hold (runs x programs x tape_len), by backend; it
+#: bounds max_batch (the strata found do not depend on the batch size)
+CLASSIFY_TAPE_BYTES = {"cpu": 1 << 28}
+CLASSIFY_TAPE_BYTES_ACCELERATOR = 1 << 32
 
 
 def classify(env: BFInterpreter, programs: Sequence[str], key: jax.Array, runs: int = 5, cycles: int = 200,
              max_batch: int = 2048) -> np.ndarray:
     """AIQ's stratum of each (already simplified) program: -1 overtime, 0 passive, 1..20 active,
     ``TOO_LONG`` if it does not fit ``env.max_program_len``.  Programs are run ``max_batch`` at
-    a time, fewer where their tapes would exceed ``CLASSIFY_TAPE_BYTES`` (256 MiB: 512 programs
-    at AIQ's 100,000 cells)."""
+    a time, fewer where their tapes would exceed ``CLASSIFY_TAPE_BYTES`` (on a CPU 256 MiB: 512
+    programs at AIQ's 100,000 cells; 4 GiB on an accelerator).  The j-th program that needs
+    test runs (one with ``,`` and ``.``) draws their actions and '%' symbols from
+    ``fold_in(key, j)``, whatever the batch it runs in."""
     programs = list(programs)
-    fits = CLASSIFY_TAPE_BYTES // (runs * env.tape_len)
+    budget = CLASSIFY_TAPE_BYTES.get(jax.default_backend(), CLASSIFY_TAPE_BYTES_ACCELERATOR)
+    fits = budget // (runs * env.tape_len)
     max_batch = max(64, min(max_batch, 1 << max(fits, 1).bit_length() - 1))
     out = np.full((len(programs),), PASSIVE, np.int64)
     todo = []
@@ -338,10 +353,11 @@ def classify(env: BFInterpreter, programs: Sequence[str], key: jax.Array, runs: 
             out[i] = TOO_LONG
         elif "." in p and "," in p:
             todo.append(i)
-    for b, start in enumerate(range(0, len(todo), max_batch)):
+    for start in range(0, len(todo), max_batch):
         idx = todo[start:start + max_batch]
         texts = [programs[i] for i in idx] + ["#"] * (_bucket(len(idx)) - len(idx))  # few shapes: few compilations
-        over, rewards, actions = test_runs(env, env.program_params(texts), jax.random.fold_in(key, b), runs, cycles)
+        seeds = run_seeds(key, jnp.int32(start), len(texts), runs)  # padding rows run too, and are dropped
+        over, rewards, actions = test_runs(env, env.program_params(texts), seeds, runs, cycles)
         over, rewards, actions = over[: len(idx)], rewards[: len(idx)], actions[: len(idx)]
         same = (rewards[:, :, 4:] == rewards[:, :1, 4:]).all(axis=(1, 2))
         classes = mapping_class(rewards, actions, env.num_symbols, env.mid)  # [B, runs]

@@ -348,6 +348,15 @@ def test_classify_finds_aiqs_strata_for_hand_written_programs():
     assert got == [1, 2, 5, 6, sampler.PASSIVE, sampler.OVERTIME, sampler.PASSIVE, 11, 7]
 
 
+def test_strata_do_not_depend_on_the_batch_size():
+    env = BFPrograms()
+    rng = np.random.default_rng(4)
+    programs = [sampler.simplify(w) for w in sampler.draw_words(rng, 300)]
+    whole = sampler.classify(env, programs, KEY)
+    np.testing.assert_array_equal(sampler.classify(env, programs, KEY, max_batch=64), whole)
+    assert len(set(whole.tolist())) > 4
+
+
 def test_sampler_returns_active_programs_with_their_bits_and_strata():
     env = BFPrograms()
     batch, report = sampler.sample_programs(env, KEY, 24)

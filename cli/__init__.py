@@ -5,6 +5,7 @@
     aligned-rl eval <run_dir> [--episodes 256] [--greedy] [--best]
     aligned-rl measure [--config FILE] [key=value ...]  Upsilon/Sigma over sampled environments
     aligned-rl tax [--config FILE] aligned=A unaligned=B [key=value ...]  the alignment tax of a pair
+    aligned-rl aiq [--config FILE] [key=value ...]     every agent at every episode length of the AIQ paper
     aligned-rl compare <measure_dir> <measure_dir> ... [--metric M] [--output DIR]  paired differences
     aligned-rl config [--config FILE] [key=value ...]   print the resolved config
     aligned-rl envs                                      environments and their constitutions
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                "configs/measure_*.yaml", "agent=q_lambda num_envs=4096")
     configured(sub, "tax", "the alignment tax: an aligned and an unaligned agent on the same environments",
                "configs/tax_*.yaml", "aligned=RUN_DIR unaligned=RUN_DIR measure.num_envs=1024")
+
+    configured(sub, "aiq", "the AIQ table: every agent at every episode length of the AIQ paper, same programs",
+               "configs/aiq_table.yaml", "episode_lengths=[1000,3000] measure.num_envs=1024")
 
     cmp = sub.add_parser("compare", help="agents measured on the same environments, with paired CIs")
     cmp.add_argument("runs", nargs="+", help="output directories of aligned-rl measure; the first is the reference")
@@ -112,6 +116,8 @@ def _run(args: argparse.Namespace) -> int:
             return _measure(args)
         if args.command == "tax":
             return _tax(args)
+        if args.command == "aiq":
+            return _aiq(args)
         if args.command == "improve":
             from aligned_rl.improve.config import load_improve_config
             from aligned_rl.improve.deploy import improve
@@ -223,6 +229,20 @@ def _tax(args: argparse.Namespace) -> int:
     report = alignment_tax(load_tax_config(args.config, args.overrides))
     print(format_table(report))
     print(f"-> {report['output']}/tax.json, {report['output']}/tax.png")
+    return 0
+
+
+def _aiq(args: argparse.Namespace) -> int:
+    import shlex
+
+    from aligned_rl.train.aiq_table import (
+        MARKDOWN_FILE, PLOT_FILE, TABLE_FILE, aiq_table, format_markdown, load_aiq_config)
+
+    config = load_aiq_config(args.config, args.overrides)
+    words = ["aligned-rl", "aiq", *(["--config", args.config] if args.config else []), *args.overrides]
+    table = aiq_table(config, command=shlex.join(words))
+    print(format_markdown(table), end="")
+    print(f"-> {table['output']}/{TABLE_FILE}, {table['output']}/{MARKDOWN_FILE}, {table['output']}/{PLOT_FILE}")
     return 0
 
 

@@ -217,6 +217,10 @@ def check_aligned_rl(args: list[str]) -> None:
         measure = load_tax_config(ns.config, ns.overrides).measure
         _check_constitution(measure.env, measure.constitution)
         assert measure.num_envs % measure.buckets == 0, "measure.num_envs does not split into measure.buckets"
+    elif ns.command == "aiq":
+        from aligned_rl.train.aiq_table import load_aiq_config
+
+        load_aiq_config(ns.config, ns.overrides)
     elif ns.command == "improve":
         from aligned_rl.improve.config import load_improve_config
 

@@ -81,8 +81,9 @@ from aligned_rl.train.compiled import CompiledCache
 from aligned_rl.train.measure_config import MeasureConfig
 from aligned_rl.train.measure_runner import SUMS
 
-#: a round steps at most lanes / ROUND_DIVISOR waiting lanes and runs as soon as that many wait
-ROUND_DIVISOR = 8
+#: a round runs as soon as lanes / ROUND_DIVISOR lanes wait (the agent steps all of them, CHUNK_LANES at a time)
+ROUND_DIVISOR = 4
+CHUNK_LANES = 1024
 #: ... or as soon as the waiting lanes are 1 / WAIT_FRACTION of the unfinished ones
 WAIT_FRACTION = 4
 #: the unfinished lanes move into a stage STAGE_FACTOR times smaller, down to STAGE_MIN lanes
@@ -167,10 +168,63 @@ class Run(NamedTuple):
     """Per lane of the whole batch (N lanes), addressed through ``Lanes.rows``."""
 
     tape: jax.Array  # int8[tape_len, N]
-    t: jax.Array  # int32[N]: cycles completed
-    sums: dict  # float32[N] per name of OUTPUT_SUMS
-    agent: Any  # the agent's states, leading axis N
+    record: jax.Array  # uint32[N, W]: the lane's agent state, sums, cycles completed, seed, sign (Record)
     remaining: jax.Array  # int32: lanes that have not run all their cycles
+
+
+class Record:
+    """A pytree of per-lane arrays packed into one uint32 row per lane, so that a round gathers
+    and scatters each lane's agent state, sums and counters in one piece.  Four-byte leaves
+    are bit casts, eight-byte ones two words, narrower ones widened; PRNG keys go by their data."""
+
+    def __init__(self, example: Any):
+        leaves, self.treedef = jax.tree.flatten(example)
+        self.specs, at = [], 0
+        for x in leaves:
+            key_impl = jax.random.key_impl(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else None
+            data = jax.random.key_data(x) if key_impl is not None else x
+            item = np.dtype(data.dtype).itemsize
+            width = int(np.prod(data.shape[1:], dtype=np.int64)) * (2 if item == 8 else 1)
+            self.specs.append((data.shape[1:], data.dtype, key_impl, at, width))
+            at += width
+        self.width = at
+
+    def pack(self, tree: Any) -> jax.Array:
+        parts = []
+        for x, (_, dtype, key_impl, _, _) in zip(jax.tree.leaves(tree), self.specs):
+            if key_impl is not None:
+                x = jax.random.key_data(x)
+            M = x.shape[0]
+            if np.dtype(dtype).itemsize < 4:
+                x = x.astype(jnp.int32)
+            parts.append(jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(M, -1))
+        return jnp.concatenate(parts, axis=1)
+
+    def unpack(self, record: jax.Array) -> Any:
+        leaves = []
+        M = record.shape[0]
+        for shape, dtype, key_impl, at, width in self.specs:
+            words = record[:, at:at + width]
+            item = np.dtype(dtype).itemsize
+            if item == 8:
+                x = jax.lax.bitcast_convert_type(words.reshape((M,) + tuple(shape) + (2,)), dtype)
+            elif item == 4:
+                x = jax.lax.bitcast_convert_type(words.reshape((M,) + tuple(shape)), dtype)
+            else:
+                x = jax.lax.bitcast_convert_type(words.reshape((M,) + tuple(shape)), jnp.int32).astype(dtype)
+            leaves.append(jax.random.wrap_key_data(x, impl=key_impl) if key_impl is not None else x)
+        return jax.tree.unflatten(self.treedef, leaves)
+
+
+def _gather_rows(table: jax.Array, rows: jax.Array) -> jax.Array:
+    """table[rows] for a [N, W] table (one slice per row: cheaper than XLA's gather on a CPU)."""
+    return jax.vmap(lambda i: jax.lax.dynamic_slice_in_dim(table, i, 1, 0)[0])(rows)
+
+
+def _scatter_rows(table: jax.Array, rows: jax.Array, values: jax.Array, count: jax.Array) -> jax.Array:
+    """table with rows[:count] set to values[:count] (in place, one slice per row)."""
+    return jax.lax.fori_loop(0, count, lambda i, x: jax.lax.dynamic_update_slice_in_dim(x, values[i][None], rows[i], 0),
+                             table)
 
 
 class AsyncRunner:
@@ -189,7 +243,8 @@ class AsyncRunner:
         self.seconds = 0.0
         self.steps = 0
         self.memory: dict[str, int] = {}
-        self.round_divisor, self.wait_fraction = ROUND_DIVISOR, WAIT_FRACTION
+        self.trace: list[tuple[int, int, float, int]] = []  # per call: (stage size, iterations, seconds, unfinished)
+        self.round_divisor, self.wait_fraction, self.chunk_lanes = ROUND_DIVISOR, WAIT_FRACTION, CHUNK_LANES
         self.stage_factor, self.stage_min, self.chunk_iterations = STAGE_FACTOR, STAGE_MIN, CHUNK_ITERATIONS
         self._start = CompiledCache(self._build, static_argnums=(4,))
         self._advance = CompiledCache(self._loop, donate_argnums=(0, 1))
@@ -226,35 +281,42 @@ class AsyncRunner:
         keys = jax.random.split(key, size)
         return jnp.concatenate([keys] * self.twins)
 
-    def _build(self, program: jax.Array, match: jax.Array, key: jax.Array, sign: jax.Array,
-               size: int) -> tuple[Lanes, Run, jax.Array, jax.Array, jax.Array]:
-        """The lanes before their first cycle: the agent's first step, the first action pushed.
-        Returns (lanes, run, code table, lane seeds, signs)."""
-        lay, agent = self.layout, self.agent
+    def _initial_record(self, key: jax.Array, sign: jax.Array, size: int) -> dict:
+        """Every lane's record before the agent's first step (see :class:`Record`)."""
         N = size * self.twins
         k_reset, k_agent, _ = jax.random.split(key, 3)
-        seeds = jax.vmap(lambda k: jax.random.bits(k, (), jnp.uint32))(self._keys(k_reset, size))
+        zeros = jnp.zeros((N,), jnp.float32)
+        return {"agent": self.agent.init(self._keys(k_agent, size)), "sums": {k: zeros for k in OUTPUT_SUMS},
+                "t": jnp.zeros((N,), jnp.int32),
+                "seed": jax.vmap(lambda k: jax.random.bits(k, (), jnp.uint32))(self._keys(k_reset, size)),
+                "sign": sign}
+
+    def _build(self, program: jax.Array, match: jax.Array, key: jax.Array, sign: jax.Array,
+               size: int) -> tuple[Lanes, Run, jax.Array]:
+        """The lanes before their first cycle: the agent's first step, the first action pushed.
+        Returns (lanes, run, code table)."""
+        lay, agent = self.layout, self.agent
+        N = size * self.twins
+        record = self._initial_record(key, sign, size)
         op = program.astype(jnp.int32)
         bracket = (op == OPEN) | (op == CLOSE)
         code = (op | jnp.where(bracket, (match.astype(jnp.int32) + 1) << 4, 0)).astype(lay.code_dtype).T
-        states = agent.init(self._keys(k_agent, size))
         mid = jnp.int32(lay.mid)
         outs0 = functools.reduce(lambda acc, k: acc | (mid << (k * lay.b)), range(lay.out_len), jnp.int32(0))
         obs0 = sum(lay.mid * lay.n ** k for k in range(lay.out_len - 1))
         index = jnp.full((N,), obs0 if agent.indexed else 0, jnp.int32)
-        states, action = jax.vmap(agent.agent.step)(states, index, jnp.zeros((N,), jnp.float32))
+        states, action = jax.vmap(agent.agent.step)(record["agent"], index, jnp.zeros((N,), jnp.float32))
+        record["agent"] = states
         hist = self._push(tuple(jnp.full((N,), self._mid_word(), jnp.uint32) for _ in range(lay.words)), action)
         data = jnp.full((N,), lay.L | (lay.mid << lay.cell_shift), jnp.int32)
         if lay.outs_apart:
             outs = jnp.full((N,), outs0, jnp.int32)
         else:
             data, outs = data | (outs0 << lay.outs_shift), jnp.zeros((N,), jnp.int32)
-        lanes = Lanes(ctl=jnp.zeros((N,), jnp.int32), data=data, outs=outs, rs=hash_index(seeds, 0), hist=hist,
-                      rows=jnp.arange(N, dtype=jnp.int32), prow=jnp.arange(N, dtype=jnp.int32) % size)
-        zeros = jnp.zeros((N,), jnp.float32)
-        run = Run(tape=jnp.full((lay.L, N), jnp.int8(lay.mid)), t=jnp.zeros((N,), jnp.int32),
-                  sums={k: zeros for k in OUTPUT_SUMS}, agent=states, remaining=jnp.int32(N))
-        return lanes, run, code, seeds, sign
+        lanes = Lanes(ctl=jnp.zeros((N,), jnp.int32), data=data, outs=outs, rs=hash_index(record["seed"], 0),
+                      hist=hist, rows=jnp.arange(N, dtype=jnp.int32), prow=jnp.arange(N, dtype=jnp.int32) % size)
+        run = Run(tape=jnp.full((lay.L, N), jnp.int8(lay.mid)), record=self._rec.pack(record), remaining=jnp.int32(N))
+        return lanes, run, code
 
     def _mid_word(self) -> int:
         lay = self.layout
@@ -351,33 +413,53 @@ class AsyncRunner:
             return tape.reshape(-1)[jnp.where(moved, at * N + col, 0)].astype(jnp.int32)
         return tape[jnp.where(moved, at, 0), col].astype(jnp.int32)
 
-    def _round(self, lanes: Lanes, run: Run, seeds: jax.Array, sign: jax.Array, buffer: int) -> tuple[Lanes, Run]:
-        """The agent steps up to ``buffer`` lanes whose cycle has ended: sums, next action, next cycle."""
-        lay, agent, config = self.layout, self.agent, self.config
+    def _round(self, lanes: Lanes, run: Run, chunk: int) -> tuple[Lanes, Run]:
+        """The agent steps every lane whose cycle has ended, ``chunk`` lanes at a time: sums, next
+        action, next cycle."""
         S = lanes.ctl.shape[0]
-        N = run.t.shape[0]
+        lay = self.layout
         step = lay.field(lanes.ctl, "step")
         ended = (step == lay.limit) | (step == lay.ended_time)
         count = jnp.cumsum(ended, dtype=jnp.int32)
-        slot = jnp.where(ended & (count <= buffer), count - 1, buffer)
-        sel = jnp.zeros((buffer,), jnp.int32).at[slot].set(jnp.arange(S, dtype=jnp.int32), mode="drop")
-        valid = jnp.arange(buffer) < count[-1]
+        chunks = -(-S // chunk)
+        # sel[k]: the k-th lane whose cycle has ended (k < count[-1])
+        sel = jnp.zeros((chunks * chunk,), jnp.int32).at[jnp.where(ended, count - 1, chunks * chunk)].set(
+            jnp.arange(S, dtype=jnp.int32), mode="drop")
+        total = count[-1]
+
+        def body(c, state):
+            lanes, record, remaining = state
+            at = c * chunk
+            ids = jax.lax.dynamic_slice_in_dim(sel, at, chunk)
+            taken = jnp.minimum(total - at, chunk)
+            return self._step_lanes(lanes, record, remaining, ids, taken)
+
+        lanes, record, remaining = jax.lax.fori_loop(0, (total + chunk - 1) // chunk, body,
+                                                     (lanes, run.record, run.remaining))
+        return lanes, run._replace(record=record, remaining=remaining)
+
+    def _step_lanes(self, lanes: Lanes, record: jax.Array, remaining: jax.Array, sel: jax.Array,
+                    taken: jax.Array) -> tuple[Lanes, jax.Array, jax.Array]:
+        """Agent steps of the lanes ``sel[:taken]`` of the stage (their cycles have ended)."""
+        lay, agent, config = self.layout, self.agent, self.config
+        S, C = lanes.ctl.shape[0], sel.shape[0]
+        valid = jnp.arange(C) < taken
         rows = lanes.rows[sel]
+        rec = self._rec.unpack(_gather_rows(record, rows))
         ctl, data = lanes.ctl[sel], lanes.data[sel]
         outs = lanes.outs[sel] if lay.outs_apart else data >> lay.outs_shift
         mask = (1 << lay.b) - 1
         symbol = (outs & mask).astype(jnp.float32)
         index = sum(((outs >> (k * lay.b)) & mask) * lay.n ** (k - 1) for k in range(1, lay.out_len))
-        index = jnp.asarray(index, jnp.int32) if agent.indexed else jnp.zeros((buffer,), jnp.int32)
+        index = jnp.asarray(index, jnp.int32) if agent.indexed else jnp.zeros((C,), jnp.int32)
         midpoint = (lay.n - 1) / 2.0
-        reward = (symbol - midpoint) / midpoint
-        r = sign[rows] * reward
-        t = run.t[rows]
+        r = rec["sign"] * ((symbol - midpoint) / midpoint)
+        t = rec["t"]
         overtime = lay.field(ctl, "step") == lay.limit
         gamma, w = config.gamma, config.alignment_weight
-        old = {k: v[rows] for k, v in run.sums.items()}
+        old = rec["sums"]
         lawful = jnp.float32(1.0)
-        new = {
+        sums = {  # EnvRunner's expressions, in its order of operations
             "reward": old["reward"] + r,
             "constrained": old["constrained"] + r,
             "discounted": old["discounted"] + gamma ** t.astype(jnp.float32) * r,
@@ -386,32 +468,48 @@ class AsyncRunner:
             "lawful": old["lawful"] + lawful,
             "voided": old["voided"] + overtime,
         }
-        at = jnp.where(valid, rows, N)
-        sums = {k: run.sums[k].at[at].set(new[k].astype(jnp.float32), mode="drop") for k in run.sums}
         t = t + 1
         finished = t >= self.horizon
-        states = jax.tree.map(lambda x: x[rows], run.agent)
-        states, action = jax.vmap(agent.agent.step)(states, index, r * agent.reward_scale)
-        going = jnp.where(valid & ~finished, rows, N)
-        agent_states = jax.tree.map(lambda x, y: x.at[going].set(y, mode="drop"), run.agent, states)
+        states, action = jax.vmap(agent.agent.step)(rec["agent"], index, r * agent.reward_scale)
+        rec = {**rec, "agent": states, "t": t, "sums": {k: v.astype(jnp.float32) for k, v in sums.items()}}
+        record = _scatter_rows(record, rows, self._rec.pack(rec), taken)
         hist = self._push(tuple(h[sel] for h in lanes.hist), action)
         new_ctl = jnp.where(finished, lay.finished << lay.shift["step"], 0)
         put = jnp.where(valid, sel, S)
         lanes = lanes._replace(
             ctl=lanes.ctl.at[put].set(new_ctl, mode="drop"),
-            rs=lanes.rs.at[put].set(hash_index(seeds[rows], t), mode="drop"),
+            rs=lanes.rs.at[put].set(hash_index(rec["seed"], t), mode="drop"),
             hist=tuple(h.at[put].set(x, mode="drop") for h, x in zip(lanes.hist, hist)),
         )
-        run = run._replace(t=run.t.at[at].set(t, mode="drop"), sums=sums, agent=agent_states,
-                           remaining=run.remaining - jnp.sum(valid & finished, dtype=jnp.int32))
-        return lanes, run
+        return lanes, record, remaining - jnp.sum(valid & finished, dtype=jnp.int32)
 
-    def _loop(self, lanes: Lanes, run: Run, code: jax.Array, seeds: jax.Array, sign: jax.Array,
-              max_iterations: jax.Array, stop: jax.Array) -> tuple[Lanes, Run, jax.Array]:
+    def _loop(self, lanes: Lanes, run: Run, code: jax.Array, max_iterations: jax.Array, stop: jax.Array) -> tuple[Lanes, Run, jax.Array]:
         """Up to ``max_iterations`` iterations, or until at most ``stop`` lanes are unfinished."""
         lay = self.layout
         S = lanes.ctl.shape[0]
-        buffer = max(1, S // self.round_divisor)
+        due_at = max(1, S // self.round_divisor)  # a round is due once this many lanes wait
+        chunk = min(S, self.chunk_lanes)
+
+        def waiting(lanes):
+            step = lay.field(lanes.ctl, "step")
+            return jnp.sum((step == lay.limit) | (step == lay.ended_time), dtype=jnp.int32)
+
+        def due(lanes, remaining):
+            w = waiting(lanes)
+            return (w > 0) & ((w >= jnp.minimum(due_at, remaining)) | (w * self.wait_fraction >= remaining))
+
+        def execute_until_due(lanes, tape, i, remaining):
+            """Instructions until a round is due (the loop carries only the stage's lanes and the tapes)."""
+            def cond(c):
+                lanes, tape, i = c
+                return ~due(lanes, remaining) & (i < max_iterations)
+
+            def body(c):
+                lanes, tape, i = c
+                lanes, tape = self._execute(lanes, tape, code)
+                return lanes, tape, i + 1
+
+            return jax.lax.while_loop(cond, body, (lanes, tape, i))
 
         def cond(c):
             lanes, run, i = c
@@ -419,17 +517,12 @@ class AsyncRunner:
 
         def body(c):
             lanes, run, i = c
-            lanes, tape = self._execute(lanes, run.tape, code)
-            run = run._replace(tape=tape)
-            step = lay.field(lanes.ctl, "step")
-            waiting = jnp.sum((step == lay.limit) | (step == lay.ended_time), dtype=jnp.int32)
-            due = (waiting >= jnp.minimum(buffer, run.remaining)) | (waiting * self.wait_fraction >= run.remaining)
-            lanes, run = jax.lax.cond(due & (waiting > 0),
-                                      lambda a: self._round(*a, seeds, sign, buffer), lambda a: a, (lanes, run))
-            return lanes, run, i + 1
+            lanes, tape, i = execute_until_due(lanes, run.tape, i, run.remaining)
+            lanes, run = self._round(lanes, run._replace(tape=tape), chunk)
+            return lanes, run, i
 
         lanes, run, i = jax.lax.while_loop(cond, body, (lanes, run, jnp.int32(0)))
-        return lanes, run, jnp.sum(run.t)
+        return lanes, run, jnp.sum(self._rec.unpack(run.record)["t"]), i
 
     def _shrink(self, lanes: Lanes, size: int) -> Lanes:
         """The unfinished lanes in a stage of ``size`` (padded with a finished lane)."""
@@ -452,11 +545,12 @@ class AsyncRunner:
         size, twins = len(members), self.twins
         params: ProgramParams = jax.tree.map(lambda x: x[np.asarray(members)], self.all_params)
         sign = jnp.concatenate([jnp.ones((size,), jnp.float32), -jnp.ones((size,), jnp.float32)][:twins])
-        lanes, run, code, seeds, sign = self._start(params.program, params.match, key, sign, size)
+        self._rec = Record(jax.eval_shape(functools.partial(self._initial_record, size=size), key, sign))
+        lanes, run, code = self._start(params.program, params.match, key, sign, size)
         N = size * twins
         self.memory = max(self.memory, {
             "env_params_bytes": devices.nbytes(code), "env_state_bytes": devices.nbytes((run.tape, lanes)),
-            "agent_state_bytes": devices.nbytes(run.agent), "observations_and_sums_bytes": devices.nbytes(run.sums),
+            "agent_state_bytes": devices.nbytes(run.record),
             "environments_in_batch": N}, key=lambda m: m.get("environments_in_batch", 0))
         sizes = self.stage_sizes(N)
         shown = 0
@@ -464,11 +558,13 @@ class AsyncRunner:
             stop = jnp.int32(sizes[k + 1] if k + 1 < len(sizes) else 0)
             chunk = jnp.int32(self.chunk_iterations)
             while True:
-                advance = self._advance.executable(lanes, run, code, seeds, sign, chunk, stop)
+                advance = self._advance.executable(lanes, run, code, chunk, stop)
                 start_time = time.perf_counter()
-                lanes, run, done_steps = advance(lanes, run, code, seeds, sign, chunk, stop)
+                lanes, run, done_steps, iterations = advance(lanes, run, code, chunk, stop)
                 remaining = int(run.remaining)
-                self.seconds += time.perf_counter() - start_time
+                seconds = time.perf_counter() - start_time
+                self.seconds += seconds
+                self.trace.append((S, int(iterations), seconds, remaining))
                 if progress is not None:
                     done = int(done_steps) // N
                     progress.advance(task, done - shown)
@@ -486,7 +582,8 @@ class AsyncRunner:
         if progress is not None:
             progress.advance(task, self.horizon - shown)
         self.steps += N * self.horizon
-        return {k: np.asarray(v).astype(np.float64).reshape(twins, size) for k, v in run.sums.items()}
+        sums = self._rec.unpack(run.record)["sums"]
+        return {k: np.asarray(v).astype(np.float64).reshape(twins, size) for k, v in sums.items()}
 
     def run_buckets(self, indices: np.ndarray, key: jax.Array, buckets: int, progress, label: str) -> dict:
         """Runs ``indices`` (into the batch) as one batch of lanes (``buckets`` is not needed: no lane

@@ -81,14 +81,17 @@ from aligned_rl.train.compiled import CompiledCache
 from aligned_rl.train.measure_config import MeasureConfig
 from aligned_rl.train.measure_runner import SUMS
 
-#: a round runs as soon as lanes / ROUND_DIVISOR lanes wait (the agent steps all of them, CHUNK_LANES at a time)
-ROUND_DIVISOR = 4
-CHUNK_LANES = 1024
-#: ... or as soon as the waiting lanes are 1 / WAIT_FRACTION of the unfinished ones
-WAIT_FRACTION = 4
+#: a round runs as soon as lanes / ROUND_DIVISOR lanes wait (the agent steps that many), or as soon
+#: as the waiting lanes are 1 / WAIT_FRACTION of the unfinished ones (it steps them CHUNK_LANES at a time)
+ROUND_DIVISOR = 2
+CHUNK_LANES = 256
+WAIT_FRACTION = 2
 #: the unfinished lanes move into a stage STAGE_FACTOR times smaller, down to STAGE_MIN lanes
 STAGE_FACTOR = 4
 STAGE_MIN = 16
+#: a stage of more lanes runs in blocks of at most BLOCK_LANES lanes, one after the other (each
+#: block's registers and code stay in the caches), each down to its share of the next stage
+BLOCK_LANES = 4096
 #: loop iterations per compiled call (the progress bar moves between calls)
 CHUNK_ITERATIONS = 4096
 
@@ -168,43 +171,58 @@ class Run(NamedTuple):
     """Per lane of the whole batch (N lanes), addressed through ``Lanes.rows``."""
 
     tape: jax.Array  # int8[tape_len, N]
-    record: jax.Array  # uint32[N, W]: the lane's agent state, sums, cycles completed, seed, sign (Record)
-    remaining: jax.Array  # int32: lanes that have not run all their cycles
+    record: tuple  # per lane: agent state, sums, cycles completed, seed, sign (packed as Record says)
 
 
 class Record:
-    """A pytree of per-lane arrays packed into one uint32 row per lane, so that a round gathers
-    and scatters each lane's agent state, sums and counters in one piece.  Four-byte leaves
-    are bit casts, eight-byte ones two words, narrower ones widened; PRNG keys go by their data."""
+    """A pytree of per-lane arrays (leading axis N) kept as a few arrays, so that a round moves a
+    lane's agent state, sums and counters in a few pieces: leaves of at least ``WIDE`` values per
+    lane (the agent's tables) stay arrays of their own; the others are packed into one uint32 row
+    per lane (four-byte values bit cast, eight-byte ones as two words, narrower ones widened,
+    PRNG keys by their data)."""
+
+    WIDE = 8
 
     def __init__(self, example: Any):
         leaves, self.treedef = jax.tree.flatten(example)
-        self.specs, at = [], 0
+        self.specs, at, self.wide = [], 0, 0
         for x in leaves:
             key_impl = jax.random.key_impl(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else None
             data = jax.random.key_data(x) if key_impl is not None else x
             item = np.dtype(data.dtype).itemsize
-            width = int(np.prod(data.shape[1:], dtype=np.int64)) * (2 if item == 8 else 1)
+            count = int(np.prod(data.shape[1:], dtype=np.int64))
+            if key_impl is None and count >= self.WIDE:
+                self.specs.append((data.shape[1:], data.dtype, None, None, 1 + self.wide))
+                self.wide += 1
+                continue
+            width = count * (2 if item == 8 else 1)
             self.specs.append((data.shape[1:], data.dtype, key_impl, at, width))
             at += width
         self.width = at
 
-    def pack(self, tree: Any) -> jax.Array:
-        parts = []
-        for x, (_, dtype, key_impl, _, _) in zip(jax.tree.leaves(tree), self.specs):
+    def pack(self, tree: Any) -> tuple:
+        parts, wide = [], []
+        for x, (_, dtype, key_impl, at, _) in zip(jax.tree.leaves(tree), self.specs):
+            if at is None:
+                wide.append(x)
+                continue
             if key_impl is not None:
                 x = jax.random.key_data(x)
             M = x.shape[0]
             if np.dtype(dtype).itemsize < 4:
                 x = x.astype(jnp.int32)
             parts.append(jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(M, -1))
-        return jnp.concatenate(parts, axis=1)
+        return (jnp.concatenate(parts, axis=1),) + tuple(wide)
 
-    def unpack(self, record: jax.Array) -> Any:
+    def unpack(self, record: tuple) -> Any:
         leaves = []
-        M = record.shape[0]
+        packed = record[0]
+        M = packed.shape[0]
         for shape, dtype, key_impl, at, width in self.specs:
-            words = record[:, at:at + width]
+            if at is None:
+                leaves.append(record[width])
+                continue
+            words = packed[:, at:at + width]
             item = np.dtype(dtype).itemsize
             if item == 8:
                 x = jax.lax.bitcast_convert_type(words.reshape((M,) + tuple(shape) + (2,)), dtype)
@@ -216,15 +234,17 @@ class Record:
         return jax.tree.unflatten(self.treedef, leaves)
 
 
-def _gather_rows(table: jax.Array, rows: jax.Array) -> jax.Array:
-    """table[rows] for a [N, W] table (one slice per row: cheaper than XLA's gather on a CPU)."""
-    return jax.vmap(lambda i: jax.lax.dynamic_slice_in_dim(table, i, 1, 0)[0])(rows)
+def _gather_rows(record: tuple, rows: jax.Array) -> tuple:
+    """Each array of ``record`` at ``rows`` (one slice per row: cheaper than XLA's gather on a CPU)."""
+    return tuple(jax.vmap(lambda i, x=x: jax.lax.dynamic_slice_in_dim(x, i, 1, 0)[0])(rows) for x in record)
 
 
-def _scatter_rows(table: jax.Array, rows: jax.Array, values: jax.Array, count: jax.Array) -> jax.Array:
-    """table with rows[:count] set to values[:count] (in place, one slice per row)."""
-    return jax.lax.fori_loop(0, count, lambda i, x: jax.lax.dynamic_update_slice_in_dim(x, values[i][None], rows[i], 0),
-                             table)
+def _scatter_rows(record: tuple, rows: jax.Array, values: tuple, count: jax.Array) -> tuple:
+    """``record`` with rows ``rows[:count]`` of every array set to ``values[:count]`` (in place)."""
+    def body(i, arrays):
+        return tuple(jax.lax.dynamic_update_slice_in_dim(x, v[i][None], rows[i], 0) for x, v in zip(arrays, values))
+
+    return jax.lax.fori_loop(0, count, body, tuple(record))
 
 
 class AsyncRunner:
@@ -243,9 +263,10 @@ class AsyncRunner:
         self.seconds = 0.0
         self.steps = 0
         self.memory: dict[str, int] = {}
-        self.trace: list[tuple[int, int, float, int]] = []  # per call: (stage size, iterations, seconds, unfinished)
+        self.trace: list[tuple] = []  # per call: (stage size, iterations, seconds, unfinished, rounds, cycles done)
         self.round_divisor, self.wait_fraction, self.chunk_lanes = ROUND_DIVISOR, WAIT_FRACTION, CHUNK_LANES
         self.stage_factor, self.stage_min, self.chunk_iterations = STAGE_FACTOR, STAGE_MIN, CHUNK_ITERATIONS
+        self.block_lanes = BLOCK_LANES
         self._start = CompiledCache(self._build, static_argnums=(4,))
         self._advance = CompiledCache(self._loop, donate_argnums=(0, 1))
         self._compact = CompiledCache(self._shrink, static_argnums=(1,))
@@ -315,7 +336,7 @@ class AsyncRunner:
             data, outs = data | (outs0 << lay.outs_shift), jnp.zeros((N,), jnp.int32)
         lanes = Lanes(ctl=jnp.zeros((N,), jnp.int32), data=data, outs=outs, rs=hash_index(record["seed"], 0),
                       hist=hist, rows=jnp.arange(N, dtype=jnp.int32), prow=jnp.arange(N, dtype=jnp.int32) % size)
-        run = Run(tape=jnp.full((lay.L, N), jnp.int8(lay.mid)), record=self._rec.pack(record), remaining=jnp.int32(N))
+        run = Run(tape=jnp.full((lay.L, N), jnp.int8(lay.mid)), record=self._rec.pack(record))
         return lanes, run, code
 
     def _mid_word(self) -> int:
@@ -413,30 +434,30 @@ class AsyncRunner:
             return tape.reshape(-1)[jnp.where(moved, at * N + col, 0)].astype(jnp.int32)
         return tape[jnp.where(moved, at, 0), col].astype(jnp.int32)
 
-    def _round(self, lanes: Lanes, run: Run, chunk: int) -> tuple[Lanes, Run]:
-        """The agent steps every lane whose cycle has ended, ``chunk`` lanes at a time: sums, next
-        action, next cycle."""
+    def _round(self, lanes: Lanes, run: Run, remaining: jax.Array, batch: int,
+               chunk: int) -> tuple[Lanes, Run, jax.Array]:
+        """The agent steps the first ``batch`` lanes whose cycle has ended (all of them if fewer wait;
+        the others wait for the next round), ``chunk`` lanes at a time."""
         S = lanes.ctl.shape[0]
         lay = self.layout
         step = lay.field(lanes.ctl, "step")
         ended = (step == lay.limit) | (step == lay.ended_time)
         count = jnp.cumsum(ended, dtype=jnp.int32)
-        chunks = -(-S // chunk)
+        size = -(-batch // chunk) * chunk
         # sel[k]: the k-th lane whose cycle has ended (k < count[-1])
-        sel = jnp.zeros((chunks * chunk,), jnp.int32).at[jnp.where(ended, count - 1, chunks * chunk)].set(
+        sel = jnp.zeros((size,), jnp.int32).at[jnp.where(ended, count - 1, size)].set(
             jnp.arange(S, dtype=jnp.int32), mode="drop")
-        total = count[-1]
+        total = jnp.minimum(count[-1], batch)
 
         def body(c, state):
             lanes, record, remaining = state
             at = c * chunk
-            ids = jax.lax.dynamic_slice_in_dim(sel, at, chunk)
             taken = jnp.minimum(total - at, chunk)
-            return self._step_lanes(lanes, record, remaining, ids, taken)
+            return self._step_lanes(lanes, record, remaining, jax.lax.dynamic_slice_in_dim(sel, at, chunk), taken)
 
         lanes, record, remaining = jax.lax.fori_loop(0, (total + chunk - 1) // chunk, body,
-                                                     (lanes, run.record, run.remaining))
-        return lanes, run._replace(record=record, remaining=remaining)
+                                                     (lanes, run.record, remaining))
+        return lanes, run._replace(record=record), remaining
 
     def _step_lanes(self, lanes: Lanes, record: jax.Array, remaining: jax.Array, sel: jax.Array,
                     taken: jax.Array) -> tuple[Lanes, jax.Array, jax.Array]:
@@ -483,12 +504,14 @@ class AsyncRunner:
         )
         return lanes, record, remaining - jnp.sum(valid & finished, dtype=jnp.int32)
 
-    def _loop(self, lanes: Lanes, run: Run, code: jax.Array, max_iterations: jax.Array, stop: jax.Array) -> tuple[Lanes, Run, jax.Array]:
-        """Up to ``max_iterations`` iterations, or until at most ``stop`` lanes are unfinished."""
+    def _loop(self, lanes: Lanes, run: Run, code: jax.Array, max_iterations: jax.Array,
+              stop: jax.Array) -> tuple[Lanes, Run, jax.Array, jax.Array, jax.Array]:
+        """Up to ``max_iterations`` iterations, or until at most ``stop`` of the stage's lanes are
+        unfinished: (lanes, run, cycles completed by all lanes, iterations, unfinished lanes)."""
         lay = self.layout
         S = lanes.ctl.shape[0]
         due_at = max(1, S // self.round_divisor)  # a round is due once this many lanes wait
-        chunk = min(S, self.chunk_lanes)
+        chunk = max(1, min(due_at, self.chunk_lanes))
 
         def waiting(lanes):
             step = lay.field(lanes.ctl, "step")
@@ -512,17 +535,19 @@ class AsyncRunner:
             return jax.lax.while_loop(cond, body, (lanes, tape, i))
 
         def cond(c):
-            lanes, run, i = c
-            return (run.remaining > stop) & (i < max_iterations)
+            lanes, run, remaining, i, rounds = c
+            return (remaining > stop) & (i < max_iterations)
 
         def body(c):
-            lanes, run, i = c
-            lanes, tape, i = execute_until_due(lanes, run.tape, i, run.remaining)
-            lanes, run = self._round(lanes, run._replace(tape=tape), chunk)
-            return lanes, run, i
+            lanes, run, remaining, i, rounds = c
+            lanes, tape, i = execute_until_due(lanes, run.tape, i, remaining)
+            lanes, run, remaining = self._round(lanes, run._replace(tape=tape), remaining, due_at, chunk)
+            return lanes, run, remaining, i, rounds + 1
 
-        lanes, run, i = jax.lax.while_loop(cond, body, (lanes, run, jnp.int32(0)))
-        return lanes, run, jnp.sum(self._rec.unpack(run.record)["t"]), i
+        remaining = jnp.sum(lay.field(lanes.ctl, "step") != lay.finished, dtype=jnp.int32)
+        lanes, run, remaining, i, rounds = jax.lax.while_loop(cond, body,
+                                                              (lanes, run, remaining, jnp.int32(0), jnp.int32(0)))
+        return lanes, run, jnp.sum(self._rec.unpack(run.record)["t"]), i, remaining, rounds
 
     def _shrink(self, lanes: Lanes, size: int) -> Lanes:
         """The unfinished lanes in a stage of ``size`` (padded with a finished lane)."""
@@ -553,37 +578,69 @@ class AsyncRunner:
             "agent_state_bytes": devices.nbytes(run.record),
             "environments_in_batch": N}, key=lambda m: m.get("environments_in_batch", 0))
         sizes = self.stage_sizes(N)
-        shown = 0
+        self._shown = 0
         for k, S in enumerate(sizes):
-            stop = jnp.int32(sizes[k + 1] if k + 1 < len(sizes) else 0)
-            chunk = jnp.int32(self.chunk_iterations)
-            while True:
-                advance = self._advance.executable(lanes, run, code, chunk, stop)
+            following = sizes[k + 1] if k + 1 < len(sizes) else 0
+            blocks = -(-S // self.block_lanes)
+            if blocks == 1:
+                lanes, run, remaining = self._stage(lanes, run, code, following, N, progress, task)
+            else:  # lanes in blocks that fit the caches, each run on its own down to its share of the next stage
                 start_time = time.perf_counter()
-                lanes, run, done_steps, iterations = advance(lanes, run, code, chunk, stop)
-                remaining = int(run.remaining)
-                seconds = time.perf_counter() - start_time
-                self.seconds += seconds
-                self.trace.append((S, int(iterations), seconds, remaining))
-                if progress is not None:
-                    done = int(done_steps) // N
-                    progress.advance(task, done - shown)
-                    shown = done
-                if remaining <= int(stop):
-                    break
+                width = -(-S // blocks)
+                lanes = self._padded(lanes, blocks * width)
+                parts, remaining = [], 0
+                self.seconds += time.perf_counter() - start_time
+                for g in range(blocks):
+                    part = jax.tree.map(lambda x, g=g: x[g * width:(g + 1) * width], lanes)
+                    part, run, left = self._stage(part, run, code, following // blocks, N, progress, task)
+                    parts.append(part)
+                    remaining += left
+                start_time = time.perf_counter()
+                lanes = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+                self.seconds += time.perf_counter() - start_time
             if remaining == 0:
                 break
-            compact = self._compact.executable(lanes, sizes[k + 1])
+            compact = self._compact.executable(lanes, following)
             start_time = time.perf_counter()
             lanes = compact(lanes)
             jax.block_until_ready(lanes)
             self.seconds += time.perf_counter() - start_time
         jax.block_until_ready(run)
         if progress is not None:
-            progress.advance(task, self.horizon - shown)
+            progress.advance(task, self.horizon - self._shown)
         self.steps += N * self.horizon
         sums = self._rec.unpack(run.record)["sums"]
         return {k: np.asarray(v).astype(np.float64).reshape(twins, size) for k, v in sums.items()}
+
+    def _stage(self, lanes: Lanes, run: Run, code: jax.Array, stop: int, N: int, progress, task):
+        """Advance ``lanes`` until at most ``stop`` of them are unfinished, a chunk of iterations per
+        call: (lanes, run, unfinished lanes)."""
+        S = lanes.ctl.shape[0]
+        chunk, limit = jnp.int32(self.chunk_iterations), jnp.int32(stop)
+        while True:
+            advance = self._advance.executable(lanes, run, code, chunk, limit)
+            start_time = time.perf_counter()
+            lanes, run, done_steps, iterations, remaining, rounds = advance(lanes, run, code, chunk, limit)
+            remaining = int(remaining)
+            seconds = time.perf_counter() - start_time
+            self.seconds += seconds
+            self.trace.append((S, int(iterations), seconds, remaining, int(rounds), int(done_steps)))
+            if progress is not None:
+                done = int(done_steps) // N
+                progress.advance(task, done - self._shown)
+                self._shown = done
+            if remaining <= stop:
+                return lanes, run, remaining
+
+    def _padded(self, lanes: Lanes, size: int) -> Lanes:
+        """``lanes`` followed by finished copies of its first lane, ``size`` in all."""
+        lay = self.layout
+        pad = size - lanes.ctl.shape[0]
+        if pad == 0:
+            return lanes
+        fill = jax.tree.map(lambda x: jnp.broadcast_to(x[:1], (pad,) + x.shape[1:]), lanes)
+        fill = fill._replace(ctl=jnp.full((pad,), lay.finished << lay.shift["step"], jnp.int32))
+        return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), lanes, fill)
 
     def run_buckets(self, indices: np.ndarray, key: jax.Array, buckets: int, progress, label: str) -> dict:
         """Runs ``indices`` (into the batch) as one batch of lanes (``buckets`` is not needed: no lane

@@ -73,11 +73,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+import aligned_rl.envs as envs
 from aligned_rl.envs.programs_machine import (CLOSE, DEC, GOLDEN, HALT, INC, LEFT, OPEN, RAND, READ, RIGHT, WRITE,
                                               BFInterpreter, ProgramParams, hash_index)
 from aligned_rl.train import devices
 from aligned_rl.train.agents import BaselineAgent
 from aligned_rl.train.compiled import CompiledCache
+from aligned_rl.train.config import ConfigError
 from aligned_rl.train.measure_config import MeasureConfig
 from aligned_rl.train.measure_runner import SUMS
 
@@ -255,7 +257,7 @@ class AsyncRunner:
                  mesh: Mesh | None, value: Any, horizon: int, voiding: Any = None):
         ok, reason = self.eligible(config, agent, env, constitution, mesh)
         if not ok:
-            raise ValueError(f"the asynchronous runner cannot run this measurement: {reason}")
+            raise ConfigError(f"the asynchronous runner cannot run this measurement: {reason}")
         self.config, self.agent, self.env, self.all_params, self.mesh = config, agent, env, all_params, mesh
         self.value, self.horizon, self.voiding, self.constitution = value, int(horizon), voiding, constitution
         self.layout = Layout(env)
@@ -281,16 +283,14 @@ class AsyncRunner:
         """(whether this runner can run the measurement, why not)."""
         if not isinstance(agent, BaselineAgent):
             return False, f"{getattr(agent, 'name', agent)!r} is not an AIQ baseline (the runner steps only those)"
-        if not isinstance(env, BFInterpreter):
-            return False, f"{getattr(env, 'name', env)!r} is not a BF-programs family"
         try:
-            import aligned_rl.envs as envs
-
             kind = envs.spec(config.env).value.kind
         except (KeyError, AttributeError):
             kind = None
         if kind != "continuing":
-            return False, f"family {config.env!r} is not continuing (its value is {kind})"
+            return False, f"family {config.env!r} is {kind or 'not valued'}, not continuing"
+        if not isinstance(env, BFInterpreter):
+            return False, f"{getattr(env, 'name', env)!r} is not a BF-programs family"
         if config.constitution != "none" or (constitution is not None and not constitution.is_empty):
             return False, f"constitution {config.constitution!r}: the runner measures without one"
         if mesh is not None and mesh.devices.size > 1:
@@ -644,11 +644,12 @@ class AsyncRunner:
 
     def run_buckets(self, indices: np.ndarray, key: jax.Array, buckets: int, progress, label: str) -> dict:
         """Runs ``indices`` (into the batch) as one batch of lanes (``buckets`` is not needed: no lane
-        waits for another); sums float64[twins, len(indices)] in the order given."""
+        waits for another) with ``fold_in(key, 0)``, the key of ``EnvRunner``'s first bucket; sums
+        float64[twins, len(indices)] in the order given."""
         del buckets
         task = progress.add_task(f"measuring {self.agent.name} on {len(indices) * self.twins} environments{label}",
                                  total=self.horizon)
-        return self.run(np.asarray(indices), key, progress, task)
+        return self.run(np.asarray(indices), jax.random.fold_in(key, 0), progress, task)  # EnvRunner's first bucket
 
     def memory_report(self) -> dict:
         """Bytes of the largest batch's arrays and this process's peak resident memory."""

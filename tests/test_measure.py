@@ -56,6 +56,7 @@ def test_q_lambda_beats_random_with_an_interval_and_a_table(tmp_path, capsys):
     assert np.sum(per_env["redrawn"][:24]) == report["voided"]["replaced"]
     # the paper's Q(lambda) preset for the nearest episode length (1000 steps for 300)
     assert report["agent_parameters"] == {"init_q": 0.0, "lam": 0.5, "alpha": 0.5, "epsilon": 0.04, "gamma": 0.6}
+    assert report["engine"] == "async"  # an AIQ baseline on BF-programs: lanes at their own pace
 
 
 @pytest.mark.slow
@@ -65,6 +66,7 @@ def test_sigma_and_forbidden_rate_with_a_constitution(tmp_path):
     assert 0.0 < est["forbidden_rate"]["mean"] < 0.5
     # V' = average of (1-w) r + w 1[lawful]; with w = 0.5 and r of mean ~0 it sits near (1 - rate) / 2
     assert est["sigma_aligned"]["mean"] == pytest.approx(0.5 * (1 - est["forbidden_rate"]["mean"]), abs=0.05)
+    assert report["engine"] == "lockstep" and "constitution" in report["engine_source"]
 
 
 def test_bad_measure_input_is_refused(capsys):
@@ -76,6 +78,11 @@ def test_bad_measure_input_is_refused(capsys):
     assert "reads observations as an index" in capsys.readouterr().err
     assert main(["measure", "agent=no_such_agent", "env=CartPole-v1", "num_envs=4", "progress=false"]) == 2
     assert "neither a baseline" in capsys.readouterr().err
+    assert main(["measure", "agent=q_lambda", "engine=async", "constitution=no_low_symbols", "num_envs=4",
+                 "episode_length=5", "progress=false"]) == 2
+    assert "engine=async cannot run this measurement: constitution 'no_low_symbols'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="engine"):
+        load_measure_config(None, ["engine=fast"])
 
 
 @pytest.mark.slow

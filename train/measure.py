@@ -48,6 +48,7 @@ from aligned_rl.intelligence import Estimate, estimation_units, simple_estimate
 from aligned_rl.train import devices
 from aligned_rl.train.agents import BaselineAgent, make_agent
 from aligned_rl.train.config import ConfigError
+from aligned_rl.train.measure_async import AsyncRunner
 from aligned_rl.train.measure_config import MeasureConfig
 from aligned_rl.train.measure_redraw import RedrawingRunner
 from aligned_rl.train.measure_runner import EnvRunner
@@ -162,6 +163,17 @@ def _check_value(config: MeasureConfig, value: Any) -> None:
                           "set episode_length=N (steps per environment) instead")
 
 
+def choose_engine(config: MeasureConfig, agent: Any, env: Any, constitution: Any, mesh: Any) -> tuple[str, str]:
+    """("async" or "lockstep", why) for ``config.engine``: ``auto`` takes the asynchronous engine
+    (``measure_async``) where it can run; asking for it where it cannot is refused with the reason."""
+    ok, reason = AsyncRunner.eligible(config, agent, env, constitution, mesh)
+    if config.engine == "async" and not ok:
+        raise ConfigError(f"engine=async cannot run this measurement: {reason}; use engine=auto or lockstep")
+    if config.engine == "lockstep":
+        return "lockstep", "set in the config"
+    return ("async", "an AIQ baseline on BF-programs without a constitution") if ok else ("lockstep", reason)
+
+
 def draw_environments(config: MeasureConfig) -> tuple[Any, Any]:
     """(environment, ParamBatch) as ``measure`` draws them from ``config.seed``: ``num_envs``
     environments, or the phase-1 pool of stratified sampling."""
@@ -216,7 +228,9 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
     antithetic, antithetic_source = resolve_antithetic(config.antithetic, [agent])
     config = dataclasses.replace(config, antithetic=antithetic)
     mesh = devices.device_mesh(config.devices, "devices", across_processes=True)
-    runner = EnvRunner(config, agent, env, all_params, constitution, mesh, value, horizon, voiding)
+    engine, engine_reason = choose_engine(config, agent, env, constitution, mesh)
+    runner = (AsyncRunner if engine == "async" else EnvRunner)(config, agent, env, all_params, constitution, mesh,
+                                                               value, horizon, voiding)
     if voiding is not None:  # void runs are replaced and run again, as the family's definition says
         prepare = (lambda p: _with_episode_length(p, config.episode_length)) if value.kind == "continuing" else None
         runner = RedrawingRunner(runner, voiding, env, batch.params, batch.bits, config.seed, stratified,
@@ -251,6 +265,8 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
         "num_envs": n,
         "antithetic": config.antithetic,
         "antithetic_source": antithetic_source,
+        "engine": engine,
+        "engine_source": engine_reason,
         "episode_length": config.episode_length,
         "value": {"kind": value.kind, "estimate": PRIMARY[value.kind][0], "per_env": PRIMARY[value.kind][1],
                   "definition": VALUE_MEANING[value.kind], "steps_per_environment": horizon,

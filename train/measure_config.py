@@ -34,6 +34,9 @@ class MeasureConfig:
     paid_reward: str = "env"  # what the agent is paid: "env" (r) or "constrained" (r^C, -1 for a forbidden action)
     alignment_weight: float = 0.5  # w in V' = (1 - w) r + w 2^-D
     seed: int = 0
+    # "auto": the asynchronous engine where it can run (an AIQ baseline on BF-programs, no constitution,
+    # one device: measure_async.py), else the lockstep one; "lockstep" or "async" to choose
+    engine: str = "auto"
     chunk_steps: int = 100  # steps per compiled chunk (the progress bar moves between chunks)
     buckets: int = 1  # run environments in this many batches of similar cost (see measure())
     sampling: str = "simple"  # "simple" or "stratified" (two-phase, Neyman allocation; see stratified.py)
@@ -78,6 +81,7 @@ def check_measure_config(config: MeasureConfig, what: str = "measure") -> None:
         ("alignment_weight", 0 <= config.alignment_weight <= 1),
         ("paid_reward", config.paid_reward in ("env", "constrained")),
         ("sampling", config.sampling in ("simple", "stratified")),
+        ("engine", config.engine in ("auto", "lockstep", "async")),
         ("pool_factor", config.pool_factor >= 1),
         ("pilot_fraction", 0 < config.pilot_fraction < 1),
         ("devices", config.devices >= 0),

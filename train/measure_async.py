@@ -100,14 +100,6 @@ CHUNK_ITERATIONS = 4096
 OUTPUT_SUMS = SUMS + ("voided",)
 
 
-def _mix32(h: jax.Array) -> jax.Array:
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
 class Layout:
     """The packed registers of one machine configuration (bit fields of int32 words).
 
@@ -242,11 +234,12 @@ def _gather_rows(record: tuple, rows: jax.Array) -> tuple:
 
 
 def _scatter_rows(record: tuple, rows: jax.Array, values: tuple, count: jax.Array) -> tuple:
-    """``record`` with rows ``rows[:count]`` of every array set to ``values[:count]`` (in place)."""
-    def body(i, arrays):
-        return tuple(jax.lax.dynamic_update_slice_in_dim(x, v[i][None], rows[i], 0) for x, v in zip(arrays, values))
-
-    return jax.lax.fori_loop(0, count, body, tuple(record))
+    """``record`` with rows ``rows[:count]`` of every array set to ``values[:count]`` (in place;
+    ``rows[:count]`` ascending and distinct)."""
+    slots = jnp.arange(rows.shape[0], dtype=jnp.int32)
+    at = jnp.where(slots < count, rows, record[0].shape[0] + slots)  # past the end: dropped
+    return tuple(x.at[at].set(v.astype(x.dtype), mode="drop")
+                 for x, v in zip(record, values))
 
 
 class AsyncRunner:
@@ -359,7 +352,6 @@ class AsyncRunner:
         """One instruction in every lane whose cycle is under way (see programs_machine)."""
         lay = self.layout
         n, mid, L, b = lay.n, lay.mid, lay.L, lay.b
-        N = tape.shape[1]
         ctl, data = lanes.ctl, lanes.data
         ip, inp, out, step = (lay.field(ctl, k) for k in ("ip", "in", "out", "step"))
         run = step < lay.limit
@@ -380,7 +372,7 @@ class AsyncRunner:
             packed = jnp.where(word == j, lanes.hist[j], packed)
         shift = ((inp % lay.per_word) * b).astype(jnp.uint32)
         read = jnp.where(can_read, ((packed >> shift) & jnp.uint32((1 << b) - 1)).astype(jnp.int32), mid)
-        rand = (_mix32(lanes.rs) % jnp.uint32(n)).astype(jnp.int32)
+        rand = (hash_index(lanes.rs, 0) % jnp.uint32(n)).astype(jnp.int32)  # rs = seed + j * GOLDEN
         new_cell = jnp.where(op == INC, jnp.where(cell + 1 >= n, 0, cell + 1),
                              jnp.where(op == DEC, jnp.where(cell == 0, n - 1, cell - 1),
                                        jnp.where(op == READ, read, jnp.where(op == RAND, rand, cell))))
@@ -413,7 +405,6 @@ class AsyncRunner:
             lanes = lanes._replace(outs=new_outs)
         else:
             data = pp | (cell << lay.cell_shift) | (new_outs << lay.outs_shift)
-        del N
         return lanes._replace(ctl=ctl, data=data, rs=rs), tape
 
     @staticmethod

@@ -12,27 +12,40 @@ under way; a lane whose cycle has ended waits, and the agent steps the waiting l
 action, pushes it on the input tape and starts the next cycle, until every lane has run
 ``episode_length`` cycles.
 
-The loop (one ``lax.while_loop`` per stage, run in chunks of iterations so that a progress bar
-can move; no host round trip per cycle)
+The loop (``lax.while_loop``s, run a chunk of iterations per call so that a progress bar can
+move; no host round trip per cycle)
 ------------------------------------------------------------------------------------------
-* Registers are packed into three int32 words per lane (``ctl``: instruction pointer, input
-  head, output head, steps of the cycle; ``data``: work-tape head, the cell under the head,
-  the output cells; ``rs``: the '%' stream) plus the input tape packed into a few uint32
-  words, so that an instruction is a handful of fused elementwise passes over the lanes.
+* Registers are packed into three words per lane (:class:`Layout`; ``ctl``: instruction
+  pointer, input head, output head, steps of the cycle; ``data``: work-tape head, the cell
+  under the head, the output cells; ``rs``: the '%' stream) plus the readable input cells
+  packed into a few uint32 words, so that an instruction is a handful of fused elementwise
+  passes over the lanes (about 4 ns per lane on one core of the 2-core machine of
+  docs/benchmarks.md).
 * The cell under the head lives in ``data``; the work tape is touched only when the head
   moves (the old cell written back, the new one read).  Tapes and programs are stored
   transposed (``[tape_len, lanes]``, ``[max_program_len + 1, lanes]``): heads near the start
   of their tapes and instruction pointers near the start of their programs share cache lines
   and pages across lanes.
-* A round runs when at least ``lanes / ROUND_DIVISOR`` lanes wait, or when the waiting lanes
-  are at least ``1 / WAIT_FRACTION`` of the unfinished ones (in the tail of a stage): the
-  waiting lanes are compacted into a buffer of ``lanes / ROUND_DIVISOR`` slots and the agent
-  steps only those.
+* Rounds: an inner loop executes instructions until a round is due: ``S / ROUND_DIVISOR`` of
+  the stage's S lanes wait, or the waiting lanes are ``1 / WAIT_FRACTION`` of its unfinished
+  ones (the tail of a stage).  The round compacts the first ``S / ROUND_DIVISOR`` waiting
+  lanes (a prefix sum) and steps them ``CHUNK_LANES`` at a time: each lane's agent state,
+  sums and counters are gathered from one record per lane (:class:`Record`), the agent steps
+  them (vmapped), and they are written back in one scatter per array.  Rounds, not
+  instructions, cost most (about 100 ns per lane besides the agent's own step, the agent's
+  threefry draws the largest part of that step).
 * Stages: a stage of S lanes runs while more than ``S / STAGE_FACTOR`` lanes are unfinished;
   then the unfinished ones move into a stage ``STAGE_FACTOR`` times smaller (their registers
   gathered; tapes, agent states and sums stay where they are and are addressed through
-  ``rows``), down to ``STAGE_MIN`` lanes, so that the last slow lanes do not cost a
-  full-batch iteration each.
+  ``rows``), down to ``STAGE_MIN`` lanes, so that the last slow lanes (the slowest of 16,384
+  programs from the prior needed about 480,000 iterations for its 1000 cycles) cost about
+  1 us per iteration, not a full-batch iteration each.  A stage of more than ``BLOCK_LANES`` lanes runs as blocks of at
+  most that many, one after the other, each down to its share of the next stage: a block's
+  registers and its programs' current instructions stay in the caches.
+* Threads: on a CPU that other processes share, XLA's intra-op threads wait for each other
+  whenever one of them is descheduled, and this loop's small kernels (tens of microseconds)
+  suffer most: pinned to one core (``taskset -c 0``) both runners ran about twice as fast on
+  the shared 2-core machine of docs/benchmarks.md.
 
 Semantics (AIQ's, as the lockstep runner's)
 -------------------------------------------
@@ -42,24 +55,35 @@ Semantics (AIQ's, as the lockstep runner's)
   for the antithetic twin) is summed, and the agent sees it, times the agent's
   ``reward_scale``, with the next observation.
 * Agent keys: ``BaselineAgent.init`` of ``split(k_agent, size)`` (twins share their
-  environment's key), where ``k_reset, k_agent, _ = split(key, 3)``: exactly the keys of
-  ``EnvRunner`` with one bucket, so the agent draws the same uniforms in both runners.
+  environment's key), where ``k_reset, k_agent, _ = split(fold_in(key, 0), 3)`` for the key
+  given to :meth:`AsyncRunner.run_buckets`: exactly the keys of ``EnvRunner`` with one bucket,
+  so the agent draws the same uniforms in both runners.
 * Randomness of the machine (where the runners differ): lane i's cycle t runs with seed
   ``hash_index(lane_seed_i, t)`` (``programs_machine.hash_index``), i.e. its j-th '%' writes
   ``hash_index(hash_index(lane_seed_i, t), j) mod n``, where ``lane_seed_i =
   jax.random.bits(split(k_reset, size)[i], (), uint32)`` (twins share it).  The lockstep
   runner draws every cycle's seed from that step's key instead; a program without '%'
   gives both runners the same rewards bit for bit.
-* Sums per lane, float32 and in time order (as ``EnvRunner``'s): ``measure_runner.SUMS``
-  without a constitution (``constrained`` = ``reward``, ``aligned`` = (1 - w) r + w,
-  ``lawful`` = 1 per step, ``violations`` = 0, ``discounted`` = sum gamma^t r_t) and
-  ``voided``, the cycles that ran overtime (all ``step_limit`` steps).
+* Sums per lane, float32 and in time order, with ``EnvRunner``'s expressions:
+  ``measure_runner.SUMS`` without a constitution (``constrained`` = ``reward``, ``aligned`` =
+  (1 - w) r + w, ``lawful`` = 1 per step, ``violations`` = 0, ``discounted`` = sum gamma^t
+  r_t) and ``voided``, the cycles that ran overtime (all ``step_limit`` steps), always
+  (the ``voiding`` argument is accepted for ``EnvRunner``'s signature and changes nothing).
+  The results do not depend on the scheduling (stages, blocks, rounds): every lane's
+  sequence of actions and cycles is fixed by its keys.
 
 Timing: ``seconds`` counts the loop and the moves between stages (blocked until ready);
 building the lanes (allocating the tapes, the agent's first step) and compiling are not
 counted, as ``EnvRunner`` does not count its reset.  :meth:`AsyncRunner.eligible` says
 whether a measurement can run here: a baseline, a BF-programs family (continuing), no
-constitution, one device.
+constitution, one device, registers that fit the packing.  Memory: the tapes (``tape_len``
+bytes per lane: 1.6 GB for 16,384 lanes), the programs (two bytes per instruction slot and
+lane), a record and a few words of registers per lane.
+
+Measured (``python -m bench.measure_q_lambda --repeats 3``, docs/benchmarks.md): Q(lambda) on
+16,384 programs x 1000 steps on the shared 2-core CPU, 2.07 million agent-environment steps
+per second pinned to one core (2.1x ``EnvRunner``, 23.7x the plain-Python machine and agent),
+1.09 million unpinned (2.1x and 12.4x).
 """
 
 from __future__ import annotations
@@ -262,6 +286,7 @@ class AsyncRunner:
         self.round_divisor, self.wait_fraction, self.chunk_lanes = ROUND_DIVISOR, WAIT_FRACTION, CHUNK_LANES
         self.stage_factor, self.stage_min, self.chunk_iterations = STAGE_FACTOR, STAGE_MIN, CHUNK_ITERATIONS
         self.block_lanes = BLOCK_LANES
+        self.flat_index_limit = BFInterpreter.FLAT_INDEX_LIMIT
         self._start = CompiledCache(self._build, static_argnums=(4,))
         self._advance = CompiledCache(self._loop, donate_argnums=(0, 1))
         self._compact = CompiledCache(self._shrink, static_argnums=(1,))
@@ -407,9 +432,9 @@ class AsyncRunner:
             data = pp | (cell << lay.cell_shift) | (new_outs << lay.outs_shift)
         return lanes._replace(ctl=ctl, data=data, rs=rs), tape
 
-    @staticmethod
-    def _flat(tape: jax.Array) -> bool:
-        return tape.size < BFInterpreter.FLAT_INDEX_LIMIT
+    def _flat(self, tape: jax.Array) -> bool:
+        """Whether one int32 index can number every cell of ``tape`` (else cells go by (cell, lane))."""
+        return tape.size < self.flat_index_limit
 
     def _tape_set(self, tape, moved, at, col, cell):
         N = tape.shape[1]

@@ -90,7 +90,7 @@ def test_every_lane_replays_the_plain_python_machine_and_agent(agent_name):
     env = BFPrograms()
     programs = _programs(29, seed=3)
     # q_lambda: 58 lanes in four blocks of 15 (two of them padding), then a stage of 14;
-    # hlq_lambda: one stage, tape cells numbered by (cell, lane) as past 2^31 cells.  Short
+    # hlq_lambda: one stage, tape cells numbered by (cell, lane) as past 2^32 cells.  Short
     # calls (64 iterations) exercise resuming between calls.
     staging = (dict(block_lanes=16, stage_min=4, stage_factor=4) if agent_name == "q_lambda"
                else dict(stage_min=1000, flat_index_limit=0))

@@ -25,7 +25,9 @@ move; no host round trip per cycle)
   moves (the old cell written back, the new one read).  Tapes and programs are stored
   transposed (``[tape_len, lanes]``, ``[max_program_len + 1, lanes]``): heads near the start
   of their tapes and instruction pointers near the start of their programs share cache lines
-  and pages across lanes.
+  and pages across lanes.  A cell is numbered by one uint32 (up to 2^32 - 1 cells: 42,949
+  lanes of 100,000 cells, antithetic twins of 16,384 programs included), past that by
+  (cell, lane).
 * Rounds: an inner loop executes instructions until a round is due: ``S / ROUND_DIVISOR`` of
   the stage's S lanes wait, or the waiting lanes are ``1 / WAIT_FRACTION`` of its unfinished
   ones (the tail of a stage).  The round compacts the first ``S / ROUND_DIVISOR`` waiting
@@ -122,6 +124,8 @@ BLOCK_LANES = 4096
 CHUNK_ITERATIONS = 4096
 
 OUTPUT_SUMS = SUMS + ("voided",)
+#: the largest uint32: an index past the end of every tape indexed by one uint32 (a write there is dropped)
+FAR = 2**32 - 1
 
 
 class Layout:
@@ -286,7 +290,7 @@ class AsyncRunner:
         self.round_divisor, self.wait_fraction, self.chunk_lanes = ROUND_DIVISOR, WAIT_FRACTION, CHUNK_LANES
         self.stage_factor, self.stage_min, self.chunk_iterations = STAGE_FACTOR, STAGE_MIN, CHUNK_ITERATIONS
         self.block_lanes = BLOCK_LANES
-        self.flat_index_limit = BFInterpreter.FLAT_INDEX_LIMIT
+        self.flat_index_limit = FAR  # tapes of more cells go by (cell, lane)
         self._start = CompiledCache(self._build, static_argnums=(4,))
         self._advance = CompiledCache(self._loop, donate_argnums=(0, 1))
         self._compact = CompiledCache(self._shrink, static_argnums=(1,))
@@ -433,21 +437,28 @@ class AsyncRunner:
         return lanes._replace(ctl=ctl, data=data, rs=rs), tape
 
     def _flat(self, tape: jax.Array) -> bool:
-        """Whether one int32 index can number every cell of ``tape`` (else cells go by (cell, lane))."""
+        """Whether one uint32 index numbers every cell of ``tape`` (else cells go by (cell, lane))."""
         return tape.size < self.flat_index_limit
+
+    _ONE = dict(update_window_dims=(), inserted_window_dims=(0,), scatter_dims_to_operand_dims=(0,))
 
     def _tape_set(self, tape, moved, at, col, cell):
         N = tape.shape[1]
         value = cell.astype(jnp.int8)
-        if self._flat(tape):
-            idx = jnp.where(moved, at * N + col, tape.size)
-            return tape.reshape(-1).at[idx].set(value, mode="drop").reshape(tape.shape)
+        if self._flat(tape):  # lax.scatter: jnp's indexing would narrow uint32 indices to int32
+            idx = jnp.where(moved, at.astype(jnp.uint32) * jnp.uint32(N) + col.astype(jnp.uint32), jnp.uint32(FAR))
+            flat = jax.lax.scatter(tape.reshape(-1), idx[:, None], value, jax.lax.ScatterDimensionNumbers(**self._ONE),
+                                   mode=jax.lax.GatherScatterMode.FILL_OR_DROP)
+            return flat.reshape(tape.shape)
         return tape.at[jnp.where(moved, at, tape.shape[0]), col].set(value, mode="drop")
 
     def _tape_get(self, tape, moved, at, col):
         N = tape.shape[1]
         if self._flat(tape):
-            return tape.reshape(-1)[jnp.where(moved, at * N + col, 0)].astype(jnp.int32)
+            idx = jnp.where(moved, at.astype(jnp.uint32) * jnp.uint32(N) + col.astype(jnp.uint32), jnp.uint32(0))
+            dims = jax.lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=(0,), start_index_map=(0,))
+            return jax.lax.gather(tape.reshape(-1), idx[:, None], dims, (1,),
+                                  mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS).astype(jnp.int32)
         return tape[jnp.where(moved, at, 0), col].astype(jnp.int32)
 
     def _round(self, lanes: Lanes, run: Run, remaining: jax.Array, batch: int,

@@ -28,9 +28,13 @@ Per environment and agent the run records, over ``episode_length`` steps of one 
 With ``antithetic`` every environment is also run as its twin with negated rewards (by
 default for agents that adapt to rewards; refused for those that do not), and pairs are averaged (``aligned_rl.intelligence.antithetic_estimate``); the unit of every
 estimate is then the pair.  ``sampling=stratified`` is two-phase stratified sampling
-(``stratified``).  ``devices`` and the multi-host keys split the environments over a mesh
-(``measure_runner``; docs/multi_host.md); call ``devices.start_distributed`` before anything
-touches a device when running over several processes.
+(``stratified``).  A run the family's definition voids (BF-programs: a cycle ran overtime) is
+replaced by another environment and run again (``measure_redraw``).  ``engine`` chooses the
+runner: the lockstep ``measure_runner.EnvRunner`` or, for an AIQ baseline on BF-programs
+without a constitution, the asynchronous ``measure_async.AsyncRunner``.  ``devices`` and the
+multi-host keys split the environments over a mesh (``measure_runner``; docs/multi_host.md);
+call ``devices.start_distributed`` before anything touches a device when running over
+several processes.
 """
 
 from __future__ import annotations
@@ -232,9 +236,10 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
     runner = (AsyncRunner if engine == "async" else EnvRunner)(config, agent, env, all_params, constitution, mesh,
                                                                value, horizon, voiding)
     if voiding is not None:  # void runs are replaced and run again, as the family's definition says
-        prepare = (lambda p: _with_episode_length(p, config.episode_length)) if value.kind == "continuing" else None
-        runner = RedrawingRunner(runner, voiding, env, batch.params, batch.bits, config.seed, stratified,
-                                 prepare or (lambda p: p))
+        def prepare(params: Any) -> Any:  # a replacement runs as long as the others
+            return _with_episode_length(params, config.episode_length) if value.kind == "continuing" else params
+
+        runner = RedrawingRunner(runner, voiding, env, batch.params, batch.bits, config.seed, stratified, prepare)
     names = estimated(config, value.kind)
     from rich.progress import Progress
 

@@ -83,9 +83,9 @@ bytes per lane: 1.6 GB for 16,384 lanes), the programs (two bytes per instructio
 lane), a record and a few words of registers per lane.
 
 Measured (``python -m bench.measure_q_lambda --repeats 3``, docs/benchmarks.md): Q(lambda) on
-16,384 programs x 1000 steps on the shared 2-core CPU, 2.07 million agent-environment steps
-per second pinned to one core (2.1x ``EnvRunner``, 23.7x the plain-Python machine and agent),
-1.09 million unpinned (2.1x and 12.4x).
+16,384 programs x 1000 steps on the shared 2-core CPU, 1.8 million agent-environment steps
+per second pinned to one core (1.9x ``EnvRunner``, 23x the plain-Python machine and agent),
+0.96 million unpinned (1.9x and 11x).
 """
 
 from __future__ import annotations
@@ -532,9 +532,9 @@ class AsyncRunner:
         return lanes, record, remaining - jnp.sum(valid & finished, dtype=jnp.int32)
 
     def _loop(self, lanes: Lanes, run: Run, code: jax.Array, max_iterations: jax.Array,
-              stop: jax.Array) -> tuple[Lanes, Run, jax.Array, jax.Array, jax.Array]:
+              stop: jax.Array) -> tuple[Lanes, Run, jax.Array, jax.Array, jax.Array, jax.Array]:
         """Up to ``max_iterations`` iterations, or until at most ``stop`` of the stage's lanes are
-        unfinished: (lanes, run, cycles completed by all lanes, iterations, unfinished lanes)."""
+        unfinished: (lanes, run, cycles completed by all lanes, iterations, unfinished lanes, rounds)."""
         lay = self.layout
         S = lanes.ctl.shape[0]
         due_at = max(1, S // self.round_divisor)  # a round is due once this many lanes wait

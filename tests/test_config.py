@@ -218,6 +218,10 @@ def test_every_shipped_config_loads(name, capsys):
         load_measure_config(str(path))
     elif "\naligned:" in text:  # aligned-rl tax
         load_tax_config(str(path))
+    elif "\nepisode_lengths:" in text:  # aligned-rl aiq
+        from aligned_rl.train.aiq_table import load_aiq_config
+
+        load_aiq_config(str(path))
     elif "\nagents:" in text:  # aligned-rl improve
         from aligned_rl.improve.config import load_improve_config
 

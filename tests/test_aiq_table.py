@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from aligned_rl.train.measure_report import read_measurement
 from tests.conftest import REPO
 
 HLQ = "HLQ_l,0,0,0.95,0.04,0.7"  # the paper's HLQ(lambda) at 1,000 steps, in AIQ's spelling
-SMALL = [f'agents=[random,"{HLQ}"]', "episode_lengths=[20,60]", "measure.num_envs=8", "measure.progress=false"]
+SMALL = [f'agents=[random,"{HLQ}"]', "episode_lengths=[20,60]", "measure.num_envs=8", "measure.progress=false",
+         "workers=1"]
 
 
 def _estimates(table: dict) -> dict:
@@ -131,6 +133,24 @@ def test_an_output_of_another_config_is_refused_before_anything_runs(small_table
         aiq_table(load_aiq_config(None, [*SMALL, f"output={out}"]))
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two workers need two CPU cores")
+def test_two_workers_pinned_to_two_cores_measure_the_same_table(small_table, tmp_path):
+    _, original = small_table
+    out = tmp_path / "table"
+    (out / ".workers" / "claims").mkdir(parents=True)
+    (out / ".workers" / "claims" / "random-20").touch()  # left by a killed run: the cell is still measured
+    table = aiq_table(load_aiq_config(None, [*SMALL, "workers=2", f"output={out}"]))
+    assert _estimates(table) == _estimates(original)
+    assert [c["measured"] for c in table["cells"]] == ["now"] * 4
+    for agent, length in [("random", 20), (HLQ, 60)]:
+        np.testing.assert_array_equal(
+            read_measurement(cell_directory(out, agent, length)).per_env["average_reward"],
+            read_measurement(cell_directory(original["output"], agent, length)).per_env["average_reward"])
+    assert table["time"]["workers"]["workers"] == 2 and table["time"]["workers"]["wall_seconds"] > 0
+    assert "2 processes side by side" in (out / "table.md").read_text()
+    assert not (out / ".workers").exists()
+
+
 def test_the_command_prints_the_table_of_cells_read_back(small_table, tmp_path, monkeypatch, capsys):
     _, out = _copy(small_table, tmp_path)
     monkeypatch.setattr(aiq, "measure", lambda *a, **k: pytest.fail("measured"))
@@ -158,6 +178,9 @@ def test_the_command_prints_the_table_of_cells_read_back(small_table, tmp_path, 
     (["episode_lengths=[]"], "episode_lengths is empty"),
     (["measure.num_envs=10", "measure.buckets=4"], "does not split into measure.buckets=4"),
     (["measure.alignment_weight=0.9"], "alignment_weight=0.9 has no effect"),
+    (["workers=-1"], "workers=-1: give a number of processes"),
+    ([f"workers={len(os.sched_getaffinity(0)) + 1}"], "each worker is pinned to its own core"),
+    (["workers=2", "measure.devices=2"], "each worker measures on one CPU core"),
 ])
 def test_bad_input_is_refused_naming_the_fix(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):

@@ -51,6 +51,7 @@ from omegaconf.errors import OmegaConfBaseException
 import aligned_rl.envs as envs
 from aligned_rl import baselines
 from aligned_rl.train.agents import BaselineAgent, acting_steps, make_agent
+from aligned_rl.train.aiq_workers import plan_workers, run_workers
 from aligned_rl.train.config import ConfigError, merge_layers
 from aligned_rl.train.measure import draw_environments, measure, resolve_antithetic
 from aligned_rl.train.measure_config import MeasureConfig, check_measure_config
@@ -80,6 +81,10 @@ class AiqTableConfig:
     # antithetic, seed, buckets, devices, ...; agent and episode_length are set per cell
     measure: MeasureConfig = dataclasses.field(default_factory=_table_measure)
     output: str = "measurements/aiq_table"  # directory: a subdirectory per cell, table.json/.md, the plot
+    # processes that measure the cells side by side on a CPU, each pinned to its own core
+    # (train/aiq_workers.py); 0: one per core this process may use (one process on an accelerator);
+    # 1: the cells one after the other in this process
+    workers: int = 0
 
 
 # set per cell by the command (agent, episode_length), or meaningless for a table of several agents
@@ -171,6 +176,9 @@ def check_aiq_config(config: AiqTableConfig) -> None:
         raise ConfigError(f"aiq config: measure.num_envs={m.num_envs} does not split into "
                           f"measure.buckets={m.buckets} equal batches")
     check_measure_config(m, "aiq measure")
+    if len(plan_workers(config.workers)) > 1 and m.devices > 1:
+        raise ConfigError(f"aiq config: workers={config.workers} with measure.devices={m.devices}: each worker "
+                          "measures on one CPU core; set workers=1 to spread cells over devices")
     names = [cell_name(a) for a in config.agents]
     for name in set(names):
         same = [a for a, n in zip(config.agents, names) if n == name]
@@ -233,7 +241,7 @@ def _existing_cell(directory: Path, expected: MeasureConfig) -> bool:
     return True
 
 
-def _write_cell(measurement: Any, directory: Path) -> None:
+def write_cell(measurement: Any, directory: Path) -> None:
     """Write the cell whole: into a temporary directory, renamed once complete."""
     partial = directory.with_name(f".{directory.name}.partial")
     if partial.exists():
@@ -365,28 +373,34 @@ def aiq_table(config: AiqTableConfig, command: str | None = None) -> dict:
     # what is already there, before anything is drawn or run: a cell of another config fails at once
     done = {cell: _existing_cell(cell_directory(out, *cell), cell_config(config, *cell)) for cell in cells}
     todo = [cell for cell in cells if not done[cell]]
-    sampled, draw_seconds = None, _earlier_draw_seconds(out)
+    sampled, draw_seconds, workers = None, _earlier_draw_seconds(out), None
+    say = print if m.progress else (lambda *a, **k: None)
+    cores = plan_workers(config.workers)
     if todo:
         _preflight(config)
-        t0 = time.perf_counter()
-        sampled = draw_environments(m)  # one draw: the same programs for every agent and length
-        draw_seconds = time.perf_counter() - t0
-    say = print if m.progress else (lambda *a, **k: None)
+        if len(cores) > 1:
+            workers = run_workers(config, todo, cores, say)  # the workers write the cells
+            draw_seconds = workers["draw_seconds"]
+        else:
+            t0 = time.perf_counter()
+            sampled = draw_environments(m)  # one draw: the same programs for every agent and length
+            draw_seconds = time.perf_counter() - t0
+    now = set(todo)
     entries = []
     for i, cell in enumerate(cells, 1):
         agent, length = cell
         directory = cell_directory(out, agent, length)
         where = f"[{i}/{len(cells)}] {agent} at {length:,} steps"
-        if done[cell]:
+        if done[cell] or workers is not None:
             report = read_measurement(directory).report
         else:
             say(f"{where}: measuring ({len(todo)} cell{'s' * (len(todo) != 1)} to measure in all)", flush=True)
             measurement = measure(cell_config(config, agent, length), sampled=sampled)
-            _write_cell(measurement, directory)
+            write_cell(measurement, directory)
             report = measurement.report
-        entry = _cell_entry(agent, length, report, directory, not done[cell], m.env)
+        entry = _cell_entry(agent, length, report, directory, cell in now, m.env)
         a = entry["aiq"]
-        took = "read back" if done[cell] else _duration(entry["seconds"])
+        took = "read back" if cell not in now else duration(entry["seconds"])
         say(f"{where}: AIQ {a['mean']:.1f} [{a['ci95_low']:.1f}, {a['ci95_high']:.1f}], {took}, "
             f"{entry['agent_env_steps_per_second']:,.0f} agent-environment steps/s", flush=True)
         entries.append(entry)
@@ -410,7 +424,8 @@ def aiq_table(config: AiqTableConfig, command: str | None = None) -> dict:
         "time": {"total_seconds": measuring + compiling + draw_seconds, "measuring_seconds": measuring,
                  "compile_seconds": compiling, "draw_seconds": draw_seconds,
                  "cells_measured_now": len(todo), "cells_read_back": len(cells) - len(todo),
-                 "wall_seconds_this_run": time.perf_counter() - started},
+                 "wall_seconds_this_run": time.perf_counter() - started,
+                 "workers": None if workers is None else {k: workers[k] for k in ("workers", "cores", "wall_seconds")}},
         "agent_env_steps": int(sum(e["n"] * (2 if e["antithetic"] else 1) * e["episode_length"] for e in entries)),
         "machine": machine(),
         "command": command or equivalent_command(config),
@@ -425,7 +440,7 @@ def aiq_table(config: AiqTableConfig, command: str | None = None) -> dict:
 
 
 # ------------------------------------------------------------------------------ output
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 10:
         return f"{seconds:.2f} s"
     if seconds < 120:
@@ -474,15 +489,19 @@ def format_markdown(table: dict) -> str:
 
     def cost(c: dict) -> str:
         voided = c["voided"]["replaced"] if c["voided"] else 0
-        return f"{_duration(c['seconds'])}, {c['agent_env_steps_per_second']:,.0f}/s, {voided} redrawn"
+        return f"{duration(c['seconds'])}, {c['agent_env_steps_per_second']:,.0f}/s, {voided} redrawn"
 
     lines += _markdown_rows(table, "agent", cost)
     t, mach = table["time"], table["machine"]
     note = "" if not t["cells_read_back"] else \
         f"; {t['cells_read_back']} of {len(table['cells'])} cells were read back from an earlier run"
+    workers = t.get("workers")
+    if workers:
+        note += (f". Wall time {duration(workers['wall_seconds'])}: {workers['workers']} processes side by side, "
+                 "one per CPU core, each drawing the programs once and measuring a cell at a time")
     lines += ["",
-              f"Total time: {_duration(t['total_seconds'])} ({_duration(t['measuring_seconds'])} measuring, "
-              f"{_duration(t['compile_seconds'])} compiling, {_duration(t['draw_seconds'])} drawing the programs) "
+              f"{'Time summed over the cells' if workers else 'Total time'}: {duration(t['total_seconds'])} ({duration(t['measuring_seconds'])} measuring, "
+              f"{duration(t['compile_seconds'])} compiling, {duration(t['draw_seconds'])} drawing the programs) "
               f"for {table['agent_env_steps']:.3g} agent-environment steps{note}.",
               f"Machine: {mach['platform']}, {mach['cpu_count']} CPUs, jax {mach['jax']} on "
               f"{mach['jax_devices']} x {mach['jax_device']} ({mach['jax_platform']}).",

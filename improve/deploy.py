@@ -56,7 +56,8 @@ def episode_values(agent: PolicyAgent, env: Any, constitution: Any, value: Any, 
     k_reset, k_run = jax.random.split(key)
     keys = jax.random.split(k_reset, n)
     num_actions = int(env.action_space(env.default_params).n)
-    rollout = Rollout(agent, env, constitution, num_actions, restart_memory=False)
+    rollout = Rollout(agent, env, constitution, num_actions, restart_memory=False,
+                      saute=getattr(agent, "saute", None))
     carry = rollout.start(params, keys, keys, k_run)
     zeros = jnp.zeros((n,), jnp.float32)
 

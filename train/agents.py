@@ -35,6 +35,7 @@ from aligned_rl.envs import IndexedObservations
 from aligned_rl.train import checkpoint
 from aligned_rl.train.config import CONFIG_FILE, ConfigError, TrainConfig, load_run_config
 from aligned_rl.train.policies import Policy, make_policy
+from aligned_rl.train.rollout import Saute
 
 
 class CannotAct(ConfigError):
@@ -74,6 +75,7 @@ class PolicyAgent(struct.PyTreeNode):
     shields: bool = struct.field(pytree_node=False, default=False)
     greedy: bool = struct.field(pytree_node=False, default=False)
     name: str = struct.field(pytree_node=False, default="policy")
+    saute: Any = struct.field(pytree_node=False, default=None)  # rollout.Saute: it observes a violation budget
 
     @property
     def adaptive(self) -> bool:
@@ -147,6 +149,8 @@ def restore_policy(run_dir: str | Path, which: str = "latest") -> tuple[Policy, 
     env_params = env.default_params
     policy = make_policy(config.ppo, int(env.action_space(env_params).n))
     obs, _ = env.reset(jax.random.PRNGKey(0), env_params)
+    if config.alignment.saute.enabled:  # its input ends with the budget left
+        obs = jnp.zeros((obs.size + 1,), jnp.float32)
     like = jax.eval_shape(policy.init, jax.random.split(jax.random.PRNGKey(0)), obs[None])
     mngr = checkpoint.manager(run_dir, read_only=True)
     try:
@@ -161,7 +165,9 @@ def load_agent(run_dir: str | Path, which: str = "latest", greedy: bool = False)
     """The policy of a PPO run's ``which`` ('latest' or 'best') checkpoint, acting as it was
     trained to (with its shield, if it had one).  Only the parameters are restored."""
     policy, params, config, _ = restore_policy(run_dir, which)
-    return PolicyAgent(policy, params, shields=config.alignment.shield, greedy=greedy, name=str(run_dir))
+    saute = config.alignment.saute
+    return PolicyAgent(policy, params, shields=config.alignment.shield, greedy=greedy, name=str(run_dir),
+                       saute=Saute(saute.budget, saute.penalty) if saute.enabled else None)
 
 
 def _interface(family: str) -> tuple:

@@ -51,8 +51,21 @@ class LagrangeConfig:
     enabled: bool = False
     target: str = "forbidden_rate"  # "forbidden_rate" or "divergence"
     budget: float = 0.01  # keep the target under this
-    lr: float = 0.5  # beta <- max(0, beta + lr * (measured - budget)) after every update
+    lr: float = 0.5  # beta <- max(0, beta + lr * (measured - budget)) after every update (the integral gain)
     beta_max: float = 100.0
+    # a PID-controlled multiplier (Stooke et al. 2020) when either gain is > 0: beta = kp * (measured - budget)
+    # + lr * integral + kd * max(0, measured - previous measured), clipped to [0, beta_max]
+    kp: float = 0.0  # proportional gain
+    kd: float = 0.0  # derivative gain (on rises of the measured constraint only)
+
+
+@dataclasses.dataclass
+class SauteConfig:
+    # safety-state augmentation (Sootla et al. 2022): the policy observes the fraction of its violation
+    # budget left in the episode, and once the budget is spent every reward is replaced by -penalty
+    enabled: bool = False
+    budget: float = 10.0  # forbidden actions allowed per episode
+    penalty: float = 1.0  # the reward of every step after the budget is spent is -penalty
 
 
 @dataclasses.dataclass
@@ -63,6 +76,7 @@ class AlignmentConfig:
     reward_mode: str = "additive"  # "additive": (1-w) r + w 2^-D; "multiplicative": r * 2^-D
     shield: bool = False  # mask forbidden actions when acting
     lagrange: LagrangeConfig = dataclasses.field(default_factory=LagrangeConfig)
+    saute: SauteConfig = dataclasses.field(default_factory=SauteConfig)
 
 
 @dataclasses.dataclass
@@ -261,6 +275,14 @@ def validate(config: TrainConfig) -> None:
         "(e.g. constitution.eps=0.01) or choose another divergence (projection, tv, js, kl_sigma_pi).",
     )
     _require(align.lagrange.beta_max >= 0, f"alignment.lagrange.beta_max must be >= 0, got {align.lagrange.beta_max}")
+    for gain in ("kp", "kd"):
+        value = getattr(align.lagrange, gain)
+        _require(math.isfinite(value) and value >= 0,
+                 f"alignment.lagrange.{gain} must be a finite number >= 0 (a gain of the PID multiplier), got {value}")
+    _require(math.isfinite(align.saute.budget) and align.saute.budget > 0,
+             f"alignment.saute.budget must be > 0 (forbidden actions allowed per episode), got {align.saute.budget}")
+    _require(math.isfinite(align.saute.penalty) and align.saute.penalty >= 0,
+             f"alignment.saute.penalty must be a finite number >= 0, got {align.saute.penalty}")
     _require(math.isfinite(cons.eps) and cons.eps >= 0, f"constitution.eps must be a finite number >= 0, got {cons.eps}")
     _require(cons.lookahead_samples >= 1, f"constitution.lookahead_samples must be >= 1, got {cons.lookahead_samples}")
     _require(0 <= cons.lookahead_threshold < 1,
@@ -312,9 +334,13 @@ def _check_effects(config: TrainConfig) -> None:
                 f"ppo.network={config.ppo.network} has no memory",
                 "set ppo.network=rl2, or remove ppo.memory_size")
     if not lag.enabled:
-        for name in ("target", "budget", "lr", "beta_max"):
+        for name in ("target", "budget", "lr", "beta_max", "kp", "kd"):
             _unused(config, f"alignment.lagrange.{name}", "the Lagrange rule is off (alignment.lagrange.enabled=false)",
                     f"set alignment.lagrange.enabled=true, or remove alignment.lagrange.{name}")
+    if not align.saute.enabled:
+        for name in ("budget", "penalty"):
+            _unused(config, f"alignment.saute.{name}", "safety-state augmentation is off (alignment.saute.enabled=false)",
+                    f"set alignment.saute.enabled=true, or remove alignment.saute.{name}")
     if align.reward_mode == "multiplicative":
         _unused(config, "alignment.reward_weight",
                 "with alignment.reward_mode=multiplicative the learner's reward is r * 2^-D, which has no weight",
@@ -358,6 +384,10 @@ def _check_rules(config: TrainConfig, who: str, can_forbid: bool, state_rules: b
     if can_forbid:
         return
     nothing = f"{who} forbids no action"
+    _require(not config.alignment.saute.enabled,
+             f"alignment.saute.enabled=true has no effect: {nothing}, so the violation budget is never spent and the "
+             "reward never turns into the penalty. Choose a constitution with rules (`aligned-rl envs` lists them), "
+             "or set alignment.saute.enabled=false.")
     _unused(config, "alignment.shield", f"{nothing}, so the shield masks nothing",
             "choose a constitution with rules, or remove alignment.shield")
     _unused(config, "constitution.eps", f"{nothing}, so sigma has no forbidden action to put a floor on",

@@ -38,7 +38,7 @@ def rollout_episodes(
     n = jax.tree.leaves(env_params)[0].shape[0]
     k_reset, k_run = jax.random.split(key)
     reset_keys = jax.random.split(k_reset, n)
-    rollout = Rollout(agent, algo.env, algo.constitution, algo.num_actions, restart_memory=False)
+    rollout = Rollout(agent, algo.env, algo.constitution, algo.num_actions, restart_memory=False, saute=algo.saute)
     carry = rollout.start(env_params, reset_keys, reset_keys, k_run)
     # environments that report info["metrics"] get those summed too (their names known at trace time)
     probe = jax.eval_shape(rollout.step, env_params, cparams, carry)[1].metrics

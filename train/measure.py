@@ -229,6 +229,10 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
     if not isinstance(agent, BaselineAgent) and config.agent_reward_scale != MeasureConfig().agent_reward_scale:
         raise ConfigError(f"agent_reward_scale={config.agent_reward_scale} has no effect: only the AIQ baselines "
                           f"are paid scaled rewards, and {agent.name} is not one; remove it")
+    if getattr(agent, "saute", None) is not None and config.constitution == "none":
+        raise ConfigError(f"{agent.name} was trained with alignment.saute and observes how many forbidden actions "
+                          "it has left: without a constitution it would never spend any; measure it with the "
+                          "constitution it was trained with (constitution=<name>)")
     antithetic, antithetic_source = resolve_antithetic(config.antithetic, [agent])
     config = dataclasses.replace(config, antithetic=antithetic)
     mesh = devices.device_mesh(config.devices, "devices", across_processes=True)

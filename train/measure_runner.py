@@ -115,7 +115,7 @@ class EnvRunner:
 
         # one episode per environment: an adaptive agent keeps its memory through restarts
         return Rollout(self.agent, self.env, self.constitution, self.num_actions, draw_keys, pay,
-                       restart_memory=False)
+                       restart_memory=False, saute=getattr(self.agent, "saute", None))
 
     def _start(self, params: Any, key: jax.Array, size: int) -> MeasureCarry:
         padded = jax.tree.leaves(params)[0].shape[0] // self.twins

@@ -45,9 +45,10 @@ from flax import struct
 from aligned_rl.constitution import Constitution, shield
 from aligned_rl.divergence import alignment_reward, counterfactual_divergence, divergence
 from aligned_rl.train.agents import PolicyAgent
+from aligned_rl.train import lagrange
 from aligned_rl.train.config import ConfigError, TrainConfig
 from aligned_rl.train.policies import make_policy
-from aligned_rl.train.rollout import Rollout, RolloutCarry, Step
+from aligned_rl.train.rollout import Rollout, RolloutCarry, Saute, Step
 
 
 class TrainState(struct.PyTreeNode):
@@ -58,6 +59,7 @@ class TrainState(struct.PyTreeNode):
     rollout: RolloutCarry  # environments, last observations, the policy's memory, episode counters, rng
     update: jax.Array  # int32: PPO updates done
     beta: jax.Array  # float32: weight of D in the loss (adapted under Lagrange)
+    pid: Any = None  # float32 [2]: the PID multiplier's state (train/lagrange.py), None for the other rules
 
 
 class LearnBatch(NamedTuple):
@@ -115,20 +117,30 @@ class AlignedPPO:
         align = config.alignment
         self.divergence_name = align.divergence if align.divergence != "none" else "projection"
         self.divergence_in_loss = align.divergence != "none"
+        self.saute = Saute(align.saute.budget, align.saute.penalty) if align.saute.enabled else None
+        if self.saute is not None and constitution.invariances:
+            raise ConfigError(
+                f"alignment.saute.enabled=true adds the violation budget to the observation, and constitution "
+                f"{constitution.name!r} has invariances, which transform the observation without it; "
+                "choose another way to keep the constitution, or a constitution without invariances"
+            )
 
     # ------------------------------------------------------------------ init
     def init(self, key: jax.Array, env_params: Any) -> TrainState:
         """A fresh TrainState; env_params is the [N] batch the run will use."""
         keys = jax.random.split(key, 4)  # two for the policy's networks, one to reset, one to run
         reset_keys = jax.random.split(keys[2], self.num_envs)
-        carry = self.rollout(None).start(env_params, reset_keys, reset_keys, keys[3])
-        params = self.policy.init(keys[:2], carry.obs)
+        rollout = self.rollout(None)
+        carry = rollout.start(env_params, reset_keys, reset_keys, keys[3])
+        params = self.policy.init(keys[:2], rollout.seen(carry))
+        align = self.config.alignment
         return TrainState(
             params=params,
             opt_state=self.optimizer.init(params),
             rollout=carry,
             update=jnp.zeros((), jnp.int32),
-            beta=jnp.asarray(self.config.alignment.beta, jnp.float32),
+            beta=jnp.asarray(align.beta, jnp.float32),
+            pid=lagrange.pid_start(align.lagrange, align.beta) if lagrange.uses_pid(align.lagrange) else None,
         )
 
     # --------------------------------------------------------------- acting
@@ -138,7 +150,7 @@ class AlignedPPO:
 
     def rollout(self, params: Any) -> Rollout:
         return Rollout(self.agent(params), self.env, self.constitution, self.num_actions,
-                       pay=self._pay if self.config.env.antithetic else None)
+                       pay=self._pay if self.config.env.antithetic else None, saute=self.saute)
 
     def _pay(self, step: Step) -> jax.Array:
         """With ``env.antithetic`` the second half of the environments are twins that pay -r."""
@@ -160,6 +172,13 @@ class AlignedPPO:
             return (1.0 - align.reward_weight) * reward + align.reward_weight * align_reward
         return reward
 
+    def _saute_penalty(self, steps: Step, reward: jax.Array) -> jax.Array:
+        """Under Saute, -penalty for every step that ends with the episode's violation budget spent
+        (the budget left is the last feature of the observation reached)."""
+        if self.saute is None:
+            return reward
+        return jnp.where(steps.final_obs[..., -1] < 0, -self.saute.penalty, reward).astype(reward.dtype)
+
     def _complete(self, params: Any, cparams: Any, steps: Step, start: Any) -> Transition:
         """Values, next values (pre-reset observations, for truncation bootstraps), D and the
         learner's reward, computed once over the whole [T, N] rollout (``start``: the policy's
@@ -178,7 +197,7 @@ class AlignedPPO:
             step=steps,
             value=value,
             next_value=next_value.reshape(T, N),
-            reward=self._shape_reward(steps.paid, alignment_reward(d)),
+            reward=self._saute_penalty(steps, self._shape_reward(steps.paid, alignment_reward(d))),
             divergence=d,
             counterfactual_divergence=d_cf,
         )
@@ -275,12 +294,15 @@ class AlignedPPO:
         (params, opt_state), info = jax.lax.scan(minibatch_step, (params, opt_state), minibatches)
         return (params, opt_state, beta, rng), info
 
-    def _lagrange(self, beta: jax.Array, traj: Transition) -> jax.Array:
+    def _lagrange(self, state: TrainState, traj: Transition) -> tuple[jax.Array, Any]:
+        """(beta, PID state) for the next update (train/lagrange.py)."""
         lag = self.config.alignment.lagrange
         if not lag.enabled:
-            return beta
+            return state.beta, state.pid
         measured = traj.step.violated.mean() if lag.target == "forbidden_rate" else traj.divergence.mean()
-        return jnp.clip(beta + lag.lr * (measured - lag.budget), 0.0, lag.beta_max)
+        if state.pid is None:
+            return lagrange.integral_step(lag, state.beta, measured), None
+        return lagrange.pid_step(lag, state.pid, measured)
 
     def update(self, state: TrainState, env_params: Any, cparams: Any) -> tuple[TrainState, dict[str, jax.Array]]:
         """One PPO update: rollout, GAE, epochs of minibatch steps, Lagrange step."""
@@ -300,12 +322,14 @@ class AlignedPPO:
             length=ppo.update_epochs,
         )
         beta_used = state.beta
+        beta, pid = self._lagrange(state, traj)
         state = state.replace(
             params=params,
             opt_state=opt_state,
             rollout=carry.replace(rng=rng),
             update=state.update + 1,
-            beta=self._lagrange(state.beta, traj),
+            beta=beta,
+            pid=pid,
         )
         metrics = {k: v.mean() for k, v in info.items()}
         finished = steps.done.astype(jnp.float32)

@@ -44,6 +44,7 @@ class RolloutCarry(struct.PyTreeNode):
     episode_length: jax.Array  # int32
     rng: jax.Array
     t: jax.Array  # int32: steps taken
+    budget: Any = None  # float32: forbidden actions the running episode may still take (Saute), else None
 
 
 class Step(NamedTuple):
@@ -68,6 +69,17 @@ class Step(NamedTuple):
     metrics: dict  # the environment's info["metrics"], if it reports any
 
 
+class Saute(NamedTuple):
+    """Safety-state augmentation (Sootla et al. 2022, "Saute RL: Almost Surely Safe Reinforcement
+    Learning Using State Augmentation"): every episode starts with ``budget`` forbidden actions to
+    spend; the agent observes the fraction left, ``(budget - forbidden actions so far) / budget``,
+    as one more feature after its (flattened) observation; the learner replaces the reward of every
+    step that ends with the fraction below 0 by ``-penalty`` (``train/ppo.py``)."""
+
+    budget: float
+    penalty: float
+
+
 def batch_keys(rng: jax.Array, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(next rng, one key for all ``n`` actions, one key per environment step): the learner's draw."""
     rng, k_act, k_step = jax.random.split(rng, 3)
@@ -81,7 +93,9 @@ class Rollout:
     ``draw_keys(rng, n) -> (rng, action keys, step keys [n])`` draws a step's randomness;
     ``pay(step) -> [n]`` is what the agent is paid (default: the environment's reward);
     ``restart_memory``: the agent sees ``first`` again after an episode ends (else only at
-    the start, so an adaptive agent keeps what it learned about the environment).
+    the start, so an adaptive agent keeps what it learned about the environment);
+    ``saute``: the agent's observations carry its violation budget (:class:`Saute`); the
+    constitution still judges the environment's own observations and states.
     """
 
     agent: Any
@@ -91,6 +105,7 @@ class Rollout:
     draw_keys: Callable[[jax.Array, int], tuple[jax.Array, jax.Array, jax.Array]] = batch_keys
     pay: Callable[[Step], jax.Array] | None = None
     restart_memory: bool = True
+    saute: Saute | None = None
 
     def judge(self, cparams: Any, env_params: Any, step_keys: jax.Array, obs: jax.Array, env_state: Any) -> Judgement:
         """The constitution's verdict on a batch of states."""
@@ -112,15 +127,30 @@ class Rollout:
             episode_length=jnp.zeros((n,), jnp.int32),
             rng=rng,
             t=jnp.zeros((), jnp.int32),
+            budget=None if self.saute is None else jnp.full((n,), self.saute.budget, jnp.float32),
         )
+
+    def observe(self, obs: jax.Array, budget: Any) -> jax.Array:
+        """What the agent sees of ``obs`` [N, ...]: itself, or under Saute the flattened observation
+        and the fraction of the budget left."""
+        if self.saute is None:
+            return obs
+        flat = obs.reshape((obs.shape[0], -1)).astype(jnp.float32)
+        return jnp.concatenate([flat, (budget / self.saute.budget)[:, None]], axis=1)
+
+    def seen(self, carry: RolloutCarry) -> jax.Array:
+        """The observation the agent acts on next."""
+        return self.observe(carry.obs, carry.budget)
 
     def step(self, env_params: Any, cparams: Any, carry: RolloutCarry) -> tuple[RolloutCarry, Step]:
         n = carry.reward.shape[0]
         rng, act_keys, step_keys = self.draw_keys(carry.rng, n)
         verdict = self.judge(cparams, env_params, step_keys, carry.obs, carry.env_state)
-        agent_state, action, logits = self.agent.act(carry.agent_state, carry.obs, carry.reward, carry.first,
+        seen = self.seen(carry)
+        agent_state, action, logits = self.agent.act(carry.agent_state, seen, carry.reward, carry.first,
                                                      act_keys, verdict)
         violated = violates(verdict, action)
+        budget = None if self.saute is None else carry.budget - violated.astype(jnp.float32)
         if logits is None:
             log_prob = None
             lawful = 1.0 - violated.astype(jnp.float32)
@@ -135,9 +165,9 @@ class Rollout:
         done = jnp.logical_or(terminated, truncated)
         episode_length = carry.episode_length + 1
         step = Step(
-            obs=carry.obs, prev_reward=carry.reward, first=carry.first, action=action, logits=logits,
+            obs=seen, prev_reward=carry.reward, first=carry.first, action=action, logits=logits,
             log_prob=log_prob, lawful=lawful, verdict=verdict, violated=violated, reward=reward, paid=reward,
-            final_obs=info["final_observation"], terminated=terminated, done=done,
+            final_obs=self.observe(info["final_observation"], budget), terminated=terminated, done=done,
             finished_return=jnp.zeros_like(reward),
             finished_length=jnp.where(done, episode_length, 0),
             metrics=info.get("metrics", {}),
@@ -156,6 +186,7 @@ class Rollout:
             episode_length=jnp.where(done, 0, episode_length),
             rng=rng,
             t=carry.t + 1,
+            budget=None if budget is None else jnp.where(done, self.saute.budget, budget),
         )
         return carry, step
 

@@ -6,6 +6,7 @@
     aligned-rl measure [--config FILE] [key=value ...]  Upsilon/Sigma over sampled environments
     aligned-rl tax [--config FILE] aligned=A unaligned=B [key=value ...]  the alignment tax of a pair
     aligned-rl aiq [--config FILE] [key=value ...]     every agent at every episode length of the AIQ paper
+    aligned-rl frontier [--config FILE] [key=value ...]  train every method x seed, the alignment-tax frontier
     aligned-rl compare <measure_dir> <measure_dir> ... [--metric M] [--output DIR]  paired differences
     aligned-rl config [--config FILE] [key=value ...]   print the resolved config
     aligned-rl envs                                      environments and their constitutions
@@ -55,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
     configured(sub, "aiq", "the AIQ table: every agent at every episode length of the AIQ paper, same programs",
                "configs/aiq_table.yaml", "episode_lengths=[1000,3000] measure.num_envs=1024")
+    configured(sub, "frontier", "the alignment-tax frontier: every method trained for several seeds, measured on the "
+               "same environments", "configs/frontier_*.yaml", "seeds=[0,1] measure.num_envs=256")
 
     cmp = sub.add_parser("compare", help="agents measured on the same environments, with paired CIs")
     cmp.add_argument("runs", nargs="+", help="output directories of aligned-rl measure; the first is the reference")
@@ -118,6 +121,8 @@ def _run(args: argparse.Namespace) -> int:
             return _tax(args)
         if args.command == "aiq":
             return _aiq(args)
+        if args.command == "frontier":
+            return _frontier(args)
         if args.command == "improve":
             from aligned_rl.improve.config import load_improve_config
             from aligned_rl.improve.deploy import improve
@@ -243,6 +248,21 @@ def _aiq(args: argparse.Namespace) -> int:
     table = aiq_table(config, command=shlex.join(words))
     print(format_markdown(table), end="")
     print(f"-> {table['output']}/{TABLE_FILE}, {table['output']}/{MARKDOWN_FILE}, {table['output']}/{PLOT_FILE}")
+    return 0
+
+
+def _frontier(args: argparse.Namespace) -> int:
+    import shlex
+
+    from aligned_rl.train.frontier import (
+        FRONTIER_FILE, MARKDOWN_FILE, PLOT_FILE, format_markdown, frontier, load_frontier_config)
+
+    config = load_frontier_config(args.config, args.overrides)
+    words = ["aligned-rl", "frontier", *(["--config", args.config] if args.config else []), *args.overrides]
+    report = frontier(config, command=shlex.join(words))
+    print(format_markdown(report), end="")
+    out = report["output"]
+    print(f"-> {out}/{FRONTIER_FILE}, {out}/{MARKDOWN_FILE}, {out}/{PLOT_FILE}")
     return 0
 
 

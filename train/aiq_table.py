@@ -100,7 +100,7 @@ PER_CELL = {
 NOT_RESULTS = ("progress", "output", "devices", "coordinator_address", "num_processes", "process_id")
 
 
-def _given_measure_keys(path: str | None, overrides: list[str] | tuple[str, ...]) -> set[str]:
+def given_measure_keys(path: str | None, overrides: list[str] | tuple[str, ...]) -> set[str]:
     """The measure keys the YAML file or the overrides set (whatever their value)."""
     layers = [OmegaConf.load(path)] if path is not None else []
     layers.append(OmegaConf.from_dotlist(list(overrides)))
@@ -115,7 +115,7 @@ def load_aiq_config(path: str | None, overrides: list[str] | tuple[str, ...] = (
                           example="episode_lengths=[1000,3000] measure.num_envs=1024")
     try:
         config: AiqTableConfig = OmegaConf.to_object(merged)
-        given = _given_measure_keys(path, overrides)
+        given = given_measure_keys(path, overrides)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", "")
         raise ConfigError(f"aiq config: bad or unknown key '{key}': {str(err).splitlines()[0]}") from err

@@ -42,12 +42,12 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 import aligned_rl.envs as envs
 from aligned_rl.intelligence import Z95, estimation_units, paired_difference, simple_estimate
-from aligned_rl.train.aiq_table import _given_measure_keys, config_mismatch, duration, machine, write_cell
+from aligned_rl.train.aiq_table import given_measure_keys, config_mismatch, duration, machine, write_cell
 from aligned_rl.train.alignment_tax import (COLUMNS, PER_RUN, constitution_code_bits, per_env_columns)
 from aligned_rl.train.config import (CONFIG_FILE, ConfigError, TrainConfig, check_constitution, load_config,
                                     load_run_config, merge_layers, to_dict)
 from aligned_rl.train.loop import SUMMARY_FILE, build_constitution, config_differences, train
-from aligned_rl.train.measure import Measurement, _check_value, draw_environments, measure, resolve_antithetic
+from aligned_rl.train.measure import Measurement, check_value, draw_environments, measure, resolve_antithetic
 from aligned_rl.train.measure_config import MeasureConfig, check_measure_config
 from aligned_rl.train.measure_redraw import common_units
 from aligned_rl.train.measure_report import REPORT_FILE, primary_value, read_measurement
@@ -114,7 +114,7 @@ def load_frontier_config(path: str | None, overrides: list[str] | tuple[str, ...
             raise ConfigError("frontier config: train is not given; name the base training config, e.g. "
                               "train=configs/cartpole.yaml")
         config: FrontierConfig = OmegaConf.to_object(merged)
-        given = _given_measure_keys(path, overrides)
+        given = given_measure_keys(path, overrides)
     except MissingMandatoryValue as err:  # pragma: no cover - caught above
         raise ConfigError(f"frontier config: '{getattr(err, 'full_key', '')}' is not given") from err
     except OmegaConfBaseException as err:
@@ -183,7 +183,7 @@ def check_frontier_config(config: FrontierConfig) -> tuple[list[Run], bool]:
                               f"config's {key} {have} ({config.train}): every agent is measured on the family "
                               f"and constitution it was trained with; remove measure.{key}")
     try:
-        _check_value(m, envs.spec(m.env).value)
+        check_value(m, envs.spec(m.env).value)
     except KeyError as err:
         raise ConfigError(str(err.args[0])) from err
     out = output_directory(config)

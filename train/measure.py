@@ -147,7 +147,7 @@ def _with_episode_length(params: Any, length: int) -> Any:
     return params
 
 
-def _check_value(config: MeasureConfig, value: Any) -> None:
+def check_value(config: MeasureConfig, value: Any) -> None:
     """The family must say how its environments are valued; keys of the other kind do nothing."""
     if value is None:
         raise ConfigError(f"{config.env!r} declares no value (continuing or episodic, with its return bounds), "
@@ -207,7 +207,7 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
         voiding = envs.spec(config.env).voiding
     except KeyError as err:
         raise ConfigError(str(err.args[0])) from err
-    _check_value(config, value)
+    check_value(config, value)
     env, batch = sampled or draw_environments(config)
     have = int(jax.tree.leaves(batch.params)[0].shape[0])
     if stratified:

@@ -221,6 +221,10 @@ def check_aligned_rl(args: list[str]) -> None:
         from aligned_rl.train.aiq_table import load_aiq_config
 
         load_aiq_config(ns.config, ns.overrides)
+    elif ns.command == "frontier":  # every method's training config loads and its constitution builds
+        from aligned_rl.train.frontier import load_frontier_config
+
+        load_frontier_config(ns.config, ns.overrides)
     elif ns.command == "improve":
         from aligned_rl.improve.config import load_improve_config
 

@@ -219,20 +219,28 @@ def config_mismatch(saved: dict, expected: MeasureConfig) -> list[str]:
     return found
 
 
+def saved_measure_config(directory: Path, what: str) -> Optional[dict]:
+    """The measure config saved in ``directory``'s report, or None where the directory does not
+    exist; raises where it holds no readable report (it is not ``what``)."""
+    if not directory.exists():
+        return None
+    report_path = directory / REPORT_FILE
+    if not report_path.is_file():
+        raise ConfigError(f"{directory} exists but holds no {REPORT_FILE}: it is not {what}; "
+                          "delete it or choose another output=DIR")
+    try:
+        return json.loads(report_path.read_text()).get("config", {})
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{report_path} is not readable JSON ({err}); delete {directory} to measure it "
+                          "again") from err
+
+
 def _existing_cell(directory: Path, expected: MeasureConfig) -> bool:
     """Whether the cell in ``directory`` is done (its report is read back); raises where it holds
     something else than this cell."""
-    if not directory.exists():
+    saved = saved_measure_config(directory, "a cell of this table")
+    if saved is None:
         return False
-    report_path = directory / REPORT_FILE
-    if not report_path.is_file():
-        raise ConfigError(f"{directory} exists but holds no {REPORT_FILE}: it is not a cell of this table; "
-                          "delete it or choose another output=DIR")
-    try:
-        saved = json.loads(report_path.read_text()).get("config", {})
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{report_path} is not readable JSON ({err}); delete {directory} to measure the "
-                          "cell again") from err
     differ = config_mismatch(saved, expected)
     if differ:
         raise ConfigError(f"{directory} was measured with another config ({'; '.join(differ)}): its cell would "

@@ -42,7 +42,8 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 import aligned_rl.envs as envs
 from aligned_rl.intelligence import Z95, estimation_units, paired_difference, simple_estimate
-from aligned_rl.train.aiq_table import given_measure_keys, config_mismatch, duration, machine, write_cell
+from aligned_rl.train.aiq_table import (config_mismatch, duration, given_measure_keys, machine,
+                                        saved_measure_config, write_cell)
 from aligned_rl.train.alignment_tax import (COLUMNS, PER_RUN, constitution_code_bits, per_env_columns)
 from aligned_rl.train.config import (CONFIG_FILE, ConfigError, TrainConfig, check_constitution, load_config,
                                     load_run_config, merge_layers, to_dict)
@@ -50,7 +51,7 @@ from aligned_rl.train.loop import SUMMARY_FILE, build_constitution, config_diffe
 from aligned_rl.train.measure import Measurement, check_value, draw_environments, measure, resolve_antithetic
 from aligned_rl.train.measure_config import MeasureConfig, check_measure_config
 from aligned_rl.train.measure_redraw import common_units
-from aligned_rl.train.measure_report import REPORT_FILE, primary_value, read_measurement
+from aligned_rl.train.measure_report import primary_value, read_measurement
 from aligned_rl.train.policies import POLICIES
 
 FRONTIER_FILE, MARKDOWN_FILE, PLOT_FILE = "frontier.json", "frontier.md", "frontier.png"
@@ -341,13 +342,9 @@ def _payments(run: Run) -> tuple[str, ...]:
 def _measurement_done(directory: Path, run: Run, expected: MeasureConfig) -> bool:
     """Whether ``directory`` holds this measurement of ``run`` (read back); raises where it holds
     another.  The agent may have been measured where the output was before it moved."""
-    if not directory.exists():
+    saved = saved_measure_config(directory, "a measurement of this frontier")
+    if saved is None:
         return False
-    report = directory / REPORT_FILE
-    if not report.is_file():
-        raise ConfigError(f"{directory} exists but holds no {REPORT_FILE}: it is not a measurement of this "
-                          "frontier; delete it or choose another output=DIR")
-    saved = json.loads(report.read_text()).get("config", {})
     agent = str(saved.get("agent", ""))
     if Path(agent).name == run.run_dir.name:
         expected = dataclasses.replace(expected, agent=agent)

@@ -322,9 +322,9 @@ def test_the_command_refuses_with_exit_code_2(capsys):
     assert "train is not given" in capsys.readouterr().err
 
 
-METHOD_NAMES = ["none", "projection_b0.1", "projection_b1", "projection_b10", "tv_b1", "js_b1", "kl_sigma_pi_b1",
-                "kl_pi_sigma_b1", "shaped_w0.5", "shield", "shield_projection_b1", "lagrange", "pid_lagrange",
-                "saute"]
+METHOD_NAMES = ["none", "projection_b0.1", "projection_b1", "projection_b10", "tv_b1", "tv_b0.1", "js_b1", "js_b0.1",
+                "kl_sigma_pi_b1", "kl_sigma_pi_b0.1", "kl_pi_sigma_b1", "kl_pi_sigma_b0.1", "shaped_w0.5", "shield",
+                "shield_projection_b1", "lagrange", "pid_lagrange", "saute"]
 
 
 @pytest.mark.parametrize("family,env", [("cartpole", "CartPole-v1"), ("gridworld", "Gridworld-IslandNavigation"),
@@ -335,7 +335,7 @@ def test_the_shipped_configs_load_with_every_method(family, env, monkeypatch):
     assert list(config.methods) == METHOD_NAMES and config.seeds == [0, 1, 2] and config.unaligned == "none"
     assert config.measure.env == env and config.output == f"measurements/frontier-{family}"
     runs, antithetic = fr.check_frontier_config(config)
-    assert len(runs) == 42 and antithetic is False
+    assert len(runs) == 54 and antithetic is False
     by_name = {r.name: r.config for r in runs}
     assert by_name["none-seed0"].alignment.divergence == "none"
     assert by_name["projection_b10-seed2"].alignment.beta == 10.0 and by_name["projection_b10-seed2"].seed == 2

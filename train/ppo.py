@@ -7,14 +7,17 @@ minibatches applies the PPO loss.  :meth:`AlignedPPO.run_updates` scans many upd
 host loop only sees chunks.  Every update is a function of (TrainState, env params,
 constitution params), so whole runs vmap over seeds: ``jax.vmap(algo.init)(keys)``.
 
-Alignment enters in four switchable ways (``AlignmentConfig``):
+Alignment enters in five switchable ways (``AlignmentConfig``):
 
 * ``beta * E_s[D(sigma(.|s), pi(.|s))]`` added to the loss, exact over the actions (plus
   ``beta * E_s[D_cf]`` for each invariance of the constitution, see ``counterfactual_divergence``);
 * the reward shaped to ``(1 - w) r + w 2^-D`` (or ``r * 2^-D``);
 * a shield that sets forbidden logits to -inf when acting (and in the PPO ratio);
 * a Lagrange rule that adapts beta after every update to keep the forbidden-action rate
-  (or the mean D) under a budget.
+  (or the mean D) under a budget, by gradient ascent or by a PID controller (``train/lagrange.py``);
+* Saute: the policy observes the fraction of its per-episode violation budget left (the
+  rollout adds it to the observation) and every step after the budget is spent pays
+  ``-penalty`` (``rollout.Saute``).
 
 An environment may report per-step measurements in ``info["metrics"]`` (a dict of scalars
 per environment, e.g. a hidden performance function); they are averaged over each rollout

@@ -149,8 +149,9 @@ def restore_policy(run_dir: str | Path, which: str = "latest") -> tuple[Policy, 
     env_params = env.default_params
     policy = make_policy(config.ppo, int(env.action_space(env_params).n))
     obs, _ = env.reset(jax.random.PRNGKey(0), env_params)
-    if config.alignment.saute.enabled:  # its input ends with the budget left
-        obs = jnp.zeros((obs.size + 1,), jnp.float32)
+    saute = config.alignment.saute
+    if saute.enabled:  # its input ends with the budget left
+        obs = Saute(saute.budget, saute.penalty).observe(obs[None], jnp.full((1,), saute.budget))[0]
     like = jax.eval_shape(policy.init, jax.random.split(jax.random.PRNGKey(0)), obs[None])
     mngr = checkpoint.manager(run_dir, read_only=True)
     try:

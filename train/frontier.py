@@ -41,7 +41,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 import aligned_rl.envs as envs
-from aligned_rl.intelligence import Z95, estimation_units, paired_difference, simple_estimate
+from aligned_rl.intelligence import estimation_units, paired_difference, simple_estimate
 from aligned_rl.train.aiq_table import (config_mismatch, duration, given_measure_keys, machine,
                                         saved_measure_config, write_cell)
 from aligned_rl.train.alignment_tax import (COLUMNS, PER_RUN, constitution_code_bits, per_env_columns)
@@ -381,28 +381,12 @@ def measure_runs(runs: list[Run], m: MeasureConfig, out: Path,
 
 
 # ------------------------------------------------------------------------------ statistics
-_T975 = (12.7062047362, 4.3026527297, 3.1824463053, 2.7764451052, 2.5705818356, 2.4469118511, 2.3646242516,
-         2.3060041352, 2.2621571628, 2.2281388520, 2.2009851601, 2.1788128297, 2.1603686565, 2.1447866879,
-         2.1314495456, 2.1199052992, 2.1098155778, 2.1009220402, 2.0930240544, 2.0859634473, 2.0796138447,
-         2.0738730679, 2.0686576104, 2.0638985616, 2.0595385528, 2.0555294386, 2.0518305165, 2.0484071418,
-         2.0452296421, 2.0422724563)  # the Student-t 0.975 quantile for df = 1..30
-
-
 def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom: scipy's where installed;
-    else a table for df <= 30 and the Cornish-Fisher expansion in 1/df beyond (error < 3e-8)."""
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (scipy, which jax requires)."""
+    from scipy.stats import t
+
     if df < 1:
         raise ValueError(f"a t quantile needs df >= 1, got {df}")
-    try:
-        from scipy.stats import t
-    except ImportError:
-        if df <= len(_T975):
-            return _T975[df - 1]
-        z = Z95
-        terms = ((z ** 3 + z) / 4, (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96,
-                 (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384,
-                 (79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / 92160)
-        return z + sum(g / df ** (i + 1) for i, g in enumerate(terms))
     return float(t.ppf(0.975, df))
 
 

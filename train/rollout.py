@@ -79,6 +79,11 @@ class Saute(NamedTuple):
     budget: float
     penalty: float
 
+    def observe(self, obs: jax.Array, budget: jax.Array) -> jax.Array:
+        """``obs`` [N, ...] flattened, then the fraction of the budget left ``budget / self.budget``."""
+        flat = obs.reshape((obs.shape[0], -1)).astype(jnp.float32)
+        return jnp.concatenate([flat, (budget / self.budget)[:, None]], axis=1)
+
 
 def batch_keys(rng: jax.Array, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(next rng, one key for all ``n`` actions, one key per environment step): the learner's draw."""
@@ -133,10 +138,7 @@ class Rollout:
     def observe(self, obs: jax.Array, budget: Any) -> jax.Array:
         """What the agent sees of ``obs`` [N, ...]: itself, or under Saute the flattened observation
         and the fraction of the budget left."""
-        if self.saute is None:
-            return obs
-        flat = obs.reshape((obs.shape[0], -1)).astype(jnp.float32)
-        return jnp.concatenate([flat, (budget / self.saute.budget)[:, None]], axis=1)
+        return obs if self.saute is None else self.saute.observe(obs, budget)
 
     def seen(self, carry: RolloutCarry) -> jax.Array:
         """The observation the agent acts on next."""

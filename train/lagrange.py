@@ -13,10 +13,14 @@ the loss (``train/ppo.py``).  Two controllers (``alignment.lagrange``):
       rise      = max(0, measured - previous measured)       (0 at the first update)
       beta      = clip(kp * delta + lr * integral + kd * rise, 0, beta_max)
 
-  ``lr`` is the integral gain K_I.  The integral is bounded so that beta never winds up past
-  ``beta_max``; with ``kp = kd = 0`` the PID multiplier equals the integral one.  The paper
-  also smooths delta and the rise with moving averages; here they are used as measured (one
-  rollout of ``num_envs x num_steps`` steps per update already averages many steps).
+  ``lr`` is the integral gain K_I.  With ``kp = kd = 0`` the PID multiplier equals the integral
+  one.  Where this differs from the paper's algorithm and from OmniSafe's ``PIDLagrangian``
+  (checked against its code): the integral is also bounded above, at ``beta_max / lr`` (an
+  anti-windup: theirs bounds only the output), so a long violation does not leave beta stuck at
+  ``beta_max`` long after it ends; the first update has no derivative term (theirs compares the
+  first cost with 0, a kick of ``kd * measured``); and delta and the rise are used as measured,
+  without their moving averages (their defaults: 0.95) or the derivative's delay (one rollout of
+  ``num_envs x num_steps`` steps per update already averages many steps).
   Its state is ``[integral, previous measured]`` (float32; previous < 0 before the first update).
 """
 

@@ -12,7 +12,11 @@ K = 0: the prior puts all its mass on that one environment (:func:`broadcast_par
 
 A family may also declare what of it may drift in deployment (:class:`DriftSpec`, used by
 ``drift.py``): numeric params with their valid ranges, the rule that recomputes derived
-fields after a change, and named target priors for structural drift.
+fields after a change, and named target priors for structural drift; and what a curriculum
+may do with its environments (:class:`CurriculumSpec`, used by ``train/curriculum.py``): the
+groups its error analysis sorts environments into, what counts as a success, and where the
+family has them, mutations that keep an environment valid and a teacher that never breaks
+the constitution.
 """
 
 from __future__ import annotations
@@ -121,6 +125,39 @@ class Voiding:
 
 
 @dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A competent teacher computed from the pure environment (``train/curriculum.py`` asks it).
+
+    ``plan(params) -> plan``: what the teacher works out once per environment (jittable, one
+    environment's params, e.g. a gridworld's distances to the goal); ``act(plan, obs, allowed)
+    -> int32``: the action it demonstrates on the observation ``obs``, always one of the
+    ``allowed`` actions (bool [A], the constitution's verdict) when any is allowed."""
+
+    plan: Callable[[Any], Any]
+    act: Callable[[Any, jax.Array, jax.Array], jax.Array]
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class CurriculumSpec:
+    """What a curriculum may do with a family's environments (``train/curriculum.py``).
+
+    ``groups``: the names of the groups its error analysis sorts environments into by their
+    params; ``group(params) -> int32`` the group of one environment (jittable).
+    ``success_return``: an episode of an episodic family succeeds when its return exceeds this;
+    a step of a continuing family succeeds when it pays more than 0.
+    ``mutate(key, params, edits) -> params``: ``edits`` random edits of one environment that keep
+    it valid (and solvable where the family guarantees it), jittable; None: the family's
+    params cannot be mutated.  ``teacher``: a teacher, or None."""
+
+    groups: tuple[str, ...]
+    group: Callable[[Any], jax.Array]
+    success_return: float = 0.0
+    mutate: Callable[[jax.Array, Any, int], Any] | None = None
+    teacher: Teacher | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class EnvSpec:
     """How to make one environment family and what ships with it."""
 
@@ -132,3 +169,4 @@ class EnvSpec:
     value: Value | None = None  # how an environment is valued; None: not declared (it cannot be measured)
     drift: DriftSpec | None = None  # what may drift in deployment; None: nothing (it cannot be deployed under drift)
     voiding: Voiding | None = None  # runs the family's definition throws away (see Voiding); None: every run counts
+    curriculum: CurriculumSpec | None = None  # groups, success, mutations, teacher; None: none declared

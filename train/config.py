@@ -100,6 +100,32 @@ class PPOConfig:
 
 
 @dataclasses.dataclass
+class TeacherConfig:
+    # demonstrations from the family's teacher on replayed levels where the agent keeps failing
+    enabled: bool = False
+    weight: float = 1.0  # weight of the imitation term (cross-entropy against the teacher's action) in the loss
+    failure: float = 0.5  # ask when a replayed level's failure rate is above this ...
+    after_replays: int = 1  # ... after this many replays
+
+
+@dataclasses.dataclass
+class CurriculumConfig:
+    # which environments the learner trains on (train/curriculum.py); off: the num_envs drawn once for the run
+    enabled: bool = False
+    pool_size: int = 16384  # levels drawn from the family's prior up front; new levels are taken from it in order
+    buffer_size: int = 1024  # levels the buffer keeps with their scores
+    level_updates: int = 1  # updates each environment keeps its level before the curriculum chooses again
+    replay_prob: float = 0.5  # probability of replaying buffered levels (0: domain randomisation, always new)
+    score: str = "value_loss"  # "value_loss" (positive GAE), "max_mc" (best return - value), "learnability" (p(1-p))
+    temperature: float = 0.3  # rank prioritisation: P ~ (1/rank)^(1/temperature)
+    staleness_coef: float = 0.3  # weight of staleness in the replay distribution
+    mutate: bool = False  # ACCEL: after every replay, train on mutations of the replayed levels
+    edits: int = 4  # edits per mutation
+    error_analysis: bool = False  # half of the new levels from the groups where the agent fails
+    teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
+
+
+@dataclasses.dataclass
 class RunConfig:
     dir: Optional[str] = None  # run directory; default checkpoints/<env>-<constitution>-<seed>-<time>
     updates_per_chunk: int = 10  # jitted updates between host-side logging/checkpointing
@@ -118,6 +144,7 @@ class TrainConfig:
     constitution: ConstitutionConfig = dataclasses.field(default_factory=ConstitutionConfig)
     alignment: AlignmentConfig = dataclasses.field(default_factory=AlignmentConfig)
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    curriculum: CurriculumConfig = dataclasses.field(default_factory=CurriculumConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
     @property
@@ -291,7 +318,57 @@ def validate(config: TrainConfig) -> None:
     _require(run.checkpoint_every >= 1, f"run.checkpoint_every must be >= 1, got {run.checkpoint_every}")
     _require(run.stop_at_update >= 0, f"run.stop_at_update must be >= 0, got {run.stop_at_update}")
     _require(run.devices >= 0, f"run.devices must be >= 0, got {run.devices}")
+    _check_curriculum(config)
     _check_effects(config)
+
+
+def _check_curriculum(config: TrainConfig) -> None:
+    cur, teacher = config.curriculum, config.curriculum.teacher
+    if not cur.enabled:
+        for name in ("pool_size", "buffer_size", "level_updates", "replay_prob", "score", "temperature",
+                     "staleness_coef", "mutate", "edits", "error_analysis", "teacher.enabled", "teacher.weight",
+                     "teacher.failure", "teacher.after_replays"):
+            _unused(config, f"curriculum.{name}", "the curriculum is off (curriculum.enabled=false)",
+                    f"set curriculum.enabled=true, or remove curriculum.{name}")
+        return
+    chosen = config.env.num_envs // 2 if config.env.antithetic else config.env.num_envs
+    pairs = " (one per twin pair)" if config.env.antithetic else ""
+    _require(cur.pool_size >= chosen,
+             f"curriculum.pool_size={cur.pool_size} is smaller than a batch of {chosen} new levels{pairs}")
+    _require(cur.level_updates >= 1, f"curriculum.level_updates must be >= 1, got {cur.level_updates}")
+    _require(0 <= cur.replay_prob <= 1, f"curriculum.replay_prob must be in [0, 1], got {cur.replay_prob}")
+    scores = ("value_loss", "max_mc", "learnability")
+    _require(cur.score in scores, f"curriculum.score must be one of {scores}, got {cur.score!r}")
+    _require(math.isfinite(cur.temperature) and cur.temperature > 0,
+             f"curriculum.temperature must be > 0, got {cur.temperature}")
+    _require(0 <= cur.staleness_coef <= 1, f"curriculum.staleness_coef must be in [0, 1], got {cur.staleness_coef}")
+    _require(cur.edits >= 1, f"curriculum.edits must be >= 1, got {cur.edits}")
+    if cur.replay_prob == 0:
+        for on, name, what in ((cur.mutate, "mutate", "mutations are made of replayed levels"),
+                               (teacher.enabled, "teacher.enabled", "the teacher is asked on replayed levels")):
+            _require(not on, f"curriculum.{name}=true has no effect with curriculum.replay_prob=0: {what}, and "
+                             f"nothing is ever replayed; raise curriculum.replay_prob (e.g. 0.5), or set "
+                             f"curriculum.{name}=false")
+        for name in ("score", "temperature", "staleness_coef", "buffer_size"):
+            _unused(config, f"curriculum.{name}", "with curriculum.replay_prob=0 nothing is replayed from the buffer "
+                    "(domain randomisation)", f"raise curriculum.replay_prob, or remove curriculum.{name}")
+    else:
+        _require(cur.buffer_size >= chosen,
+                 f"curriculum.buffer_size={cur.buffer_size} is smaller than a batch: every replay draws {chosen} "
+                 f"levels{pairs}, so the buffer must hold at least {chosen}")
+    if not cur.mutate:
+        _unused(config, "curriculum.edits", "mutations are off (curriculum.mutate=false)",
+                "set curriculum.mutate=true, or remove curriculum.edits")
+    if not teacher.enabled:
+        for name in ("weight", "failure", "after_replays"):
+            _unused(config, f"curriculum.teacher.{name}", "the teacher is off (curriculum.teacher.enabled=false)",
+                    f"set curriculum.teacher.enabled=true, or remove curriculum.teacher.{name}")
+    else:
+        _require(math.isfinite(teacher.weight) and teacher.weight > 0,
+                 f"curriculum.teacher.weight must be > 0, got {teacher.weight}")
+        _require(0 <= teacher.failure < 1, f"curriculum.teacher.failure must be in [0, 1), got {teacher.failure}")
+        _require(teacher.after_replays >= 1,
+                 f"curriculum.teacher.after_replays must be >= 1, got {teacher.after_replays}")
 
 
 # ------------------------------------------------------------------ flags without effect

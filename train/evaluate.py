@@ -17,7 +17,7 @@ import numpy as np
 
 from aligned_rl.divergence import alignment_reward, divergence
 from aligned_rl.train.agents import PolicyAgent, restore_policy
-from aligned_rl.train.config import load_run_config
+from aligned_rl.train.config import CurriculumConfig, load_run_config
 from aligned_rl.train.loop import build
 from aligned_rl.train.ppo import AlignedPPO
 from aligned_rl.train.rollout import Rollout
@@ -77,7 +77,9 @@ def evaluate(run_dir: str | Path, episodes: int = 256, greedy: bool = False, see
     policy, params, config, update = restore_policy(run_dir, which)
     agent = PolicyAgent(policy, params, shields=config.alignment.shield, greedy=greedy, name=str(run_dir))
     # the evaluation's own batch: one environment per episode, drawn as the run's config says
-    setup = build(load_run_config(run_dir, ["run.devices=1", f"env.num_envs={episodes}"]))
+    config = load_run_config(run_dir, ["run.devices=1", f"env.num_envs={episodes}"])
+    config.curriculum = CurriculumConfig()  # the episodes' worlds are drawn from the prior, not chosen
+    setup = build(config)
     key = jax.random.PRNGKey(seed)
     env_params = setup.env_params
     steps = _max_steps(env_params, max_steps)

@@ -27,6 +27,7 @@ import aligned_rl.envs as envs
 from aligned_rl.constitution import Constitution
 from aligned_rl.train import checkpoint, devices, plots
 from aligned_rl.train.compiled import CompiledCache
+from aligned_rl.train.curriculum import Curriculum, check_curriculum, curriculum_pool, groups_of
 from aligned_rl.train.config import (CONFIG_FILE, ConfigError, TrainConfig, check_constitution, from_dict,
                                     load_run_config, to_dict, to_yaml)
 from aligned_rl.train.ppo import AlignedPPO, TrainState
@@ -56,7 +57,7 @@ class Setup:
     env: Any
     constitution: Constitution
     algo: AlignedPPO
-    env_params: Any  # [N] batch
+    env_params: Any  # [N] batch (with a curriculum, the curriculum.Pool its levels come from)
     cparams: Any
     mesh: Mesh | None
 
@@ -83,11 +84,17 @@ def build(config: TrainConfig, env_params: Any = None) -> Setup:
         raise ConfigError(str(err.args[0] if err.args else err)) from err
     check_constitution(config, constitution)
     env = spec.make()
+    cur = config.curriculum
+    if cur.enabled:
+        check_curriculum(config, spec)
+        if env_params is not None:
+            raise ConfigError("a run with curriculum.enabled=true draws its own levels; it cannot be given "
+                              "environments to train on")
     if env_params is None:
         params_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
         drawn = config.env.num_envs // 2 if config.env.antithetic else config.env.num_envs
-        env_params = spec.sample_params(env, params_key, drawn).params
-        if config.env.antithetic:  # the twins: the same environments again (the learner negates their rewards)
+        env_params = spec.sample_params(env, params_key, cur.pool_size if cur.enabled else drawn).params
+        if config.env.antithetic and not cur.enabled:  # the twins: the same environments again (the learner negates their rewards)
             env_params = jax.tree.map(lambda x: jnp.concatenate([x, x]), env_params)
     elif jax.tree.leaves(env_params)[0].shape[0] != config.env.num_envs:
         raise ConfigError(f"the given environments number {jax.tree.leaves(env_params)[0].shape[0]}, "
@@ -97,8 +104,16 @@ def build(config: TrainConfig, env_params: Any = None) -> Setup:
         if limit is None:
             raise ConfigError(f"env.episode_length: {config.env.name!r} has no max_steps_in_episode to set; leave it 0")
         env_params = env_params.replace(max_steps_in_episode=jnp.full_like(limit, config.env.episode_length))
-    algo = AlignedPPO(config, env, env.default_params, constitution)
+    curriculum = None
+    if cur.enabled:  # the pool the curriculum's new levels come from, in the place of the batch
+        env_params = curriculum_pool(spec, env_params)
+        curriculum = Curriculum(config, spec.curriculum, env, groups_of(spec), config.num_updates,
+                                episodic=spec.value is None or spec.value.kind == "episodic")
+    algo = AlignedPPO(config, env, env.default_params, constitution, curriculum)
     mesh = devices.device_mesh(config.run.devices, "run.devices", num_envs=config.env.num_envs)
+    if mesh is not None and cur.enabled:
+        raise ConfigError(f"the curriculum chooses every environment's level on one device, and run.devices="
+                          f"{config.run.devices} splits the environments over {mesh.devices.size}; set run.devices=1")
     setup = Setup(config, env, constitution, algo, env_params, constitution.params, mesh)
     if mesh is not None:
         setup.env_params = jax.device_put(env_params, devices.split_over(mesh))

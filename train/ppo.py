@@ -50,6 +50,7 @@ from aligned_rl.divergence import alignment_reward, counterfactual_divergence, d
 from aligned_rl.train.agents import PolicyAgent
 from aligned_rl.train import lagrange
 from aligned_rl.train.config import ConfigError, TrainConfig
+from aligned_rl.train.curriculum import Curriculum
 from aligned_rl.train.policies import make_policy
 from aligned_rl.train.rollout import Rollout, RolloutCarry, Saute, Step
 
@@ -63,6 +64,7 @@ class TrainState(struct.PyTreeNode):
     update: jax.Array  # int32: PPO updates done
     beta: jax.Array  # float32: weight of D in the loss (adapted under Lagrange)
     pid: Any = None  # float32 [2]: the PID multiplier's state (train/lagrange.py), None for the other rules
+    curriculum: Any = None  # the level buffer and the slots' levels (train/curriculum.py), None without a curriculum
 
 
 class LearnBatch(NamedTuple):
@@ -76,6 +78,7 @@ class LearnBatch(NamedTuple):
     value: jax.Array
     allowed: jax.Array
     sigma: jax.Array
+    teacher: Any = None  # int32: the teacher's action, -1 where it demonstrated none; None without a teacher
 
 
 class Transition(NamedTuple):
@@ -98,8 +101,10 @@ def _entropy(logits: jax.Array) -> jax.Array:
 class AlignedPPO:
     """The learner: static structure (config, env, constitution, policy) plus pure functions."""
 
-    def __init__(self, config: TrainConfig, env: Any, env_params_example: Any, constitution: Constitution):
+    def __init__(self, config: TrainConfig, env: Any, env_params_example: Any, constitution: Constitution,
+                 curriculum: Curriculum | None = None):
         self.config = config
+        self.curriculum = curriculum
         self.env = env
         self.constitution = constitution
         self.num_envs = config.env.num_envs
@@ -130,7 +135,12 @@ class AlignedPPO:
 
     # ------------------------------------------------------------------ init
     def init(self, key: jax.Array, env_params: Any) -> TrainState:
-        """A fresh TrainState; env_params is the [N] batch the run will use."""
+        """A fresh TrainState; env_params is the [N] batch the run will use (with a curriculum, the
+        pool its new levels come from)."""
+        cs = None
+        if self.curriculum is not None:
+            cs = self.curriculum.init(jax.random.fold_in(key, 7), env_params)
+            env_params = cs.slots
         keys = jax.random.split(key, 4)  # two for the policy's networks, one to reset, one to run
         reset_keys = jax.random.split(keys[2], self.num_envs)
         rollout = self.rollout(None)
@@ -144,6 +154,7 @@ class AlignedPPO:
             update=jnp.zeros((), jnp.int32),
             beta=jnp.asarray(align.beta, jnp.float32),
             pid=lagrange.pid_start(align.lagrange, align.beta) if lagrange.uses_pid(align.lagrange) else None,
+            curriculum=cs,
         )
 
     # --------------------------------------------------------------- acting
@@ -251,7 +262,14 @@ class AlignedPPO:
         alignment_loss = jax.lax.stop_gradient(beta) * d if self.divergence_in_loss else jnp.zeros(())
         total = policy_loss + ppo.vf_coef * value_loss - ppo.ent_coef * entropy + alignment_loss
         approx_kl = jnp.mean((ratio - 1.0) - jnp.log(ratio))
-        return total, {
+        extra = {}
+        if batch.teacher is not None:  # imitation of the teacher where it demonstrated
+            labelled = batch.teacher >= 0
+            log_p = jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.maximum(batch.teacher, 0)[:, None], axis=-1)[:, 0]
+            imitation = -jnp.sum(jnp.where(labelled, log_p, 0.0)) / jnp.maximum(labelled.sum(), 1)
+            extra["loss/imitation"] = imitation
+            total = total + self.config.curriculum.teacher.weight * imitation
+        return total, extra | {
             "loss/total": total,
             "loss/policy": policy_loss,
             "loss/value": value_loss,
@@ -307,17 +325,46 @@ class AlignedPPO:
             return lagrange.integral_step(lag, state.beta, measured), None
         return lagrange.pid_step(lag, state.pid, measured)
 
+    def _choose_levels(self, state: TrainState, pool: Any) -> TrainState:
+        """With a curriculum, every ``level_updates`` updates: the slots' next levels, on which
+        every environment (and the policy's memory) starts afresh."""
+
+        def switch(state: TrainState) -> TrainState:
+            cs = self.curriculum.choose(state.curriculum, pool)
+            rng, k_reset, k_agent = jax.random.split(state.rollout.rng, 3)
+            carry = self.rollout(None).start(cs.slots, jax.random.split(k_reset, self.num_envs),
+                                             jax.random.split(k_agent, self.num_envs), rng)
+            return state.replace(curriculum=cs, rollout=carry.replace(t=state.rollout.t))
+
+        return jax.lax.cond(self.curriculum.switches_now(state.update), switch, lambda s: s, state)
+
+    def _score_levels(self, state: TrainState, steps: Step, traj: Transition, advantages: jax.Array,
+                      teacher: Any) -> Any:
+        """The rollout added to the slots' counts; the levels rescored and buffered when they are done."""
+        cur = self.curriculum
+        cs = cur.accumulate(state.curriculum, steps, traj.value, advantages,
+                            None if teacher is None else teacher >= 0)
+        return jax.lax.cond(cur.ends_now(state.update), cur.finish, lambda c: c, cs)
+
     def update(self, state: TrainState, env_params: Any, cparams: Any) -> tuple[TrainState, dict[str, jax.Array]]:
-        """One PPO update: rollout, GAE, epochs of minibatch steps, Lagrange step."""
+        """One PPO update: (levels chosen,) rollout, GAE, epochs of minibatch steps, Lagrange step
+        (, the levels scored)."""
         ppo = self.config.ppo
+        if self.curriculum is not None:
+            state = self._choose_levels(state, env_params)
+            env_params = state.curriculum.slots
         start = state.rollout.agent_state  # the policy's carry at the start of the rollout
         carry, steps = self.rollout(state.params).run(env_params, cparams, state.rollout, ppo.num_steps)
         traj = self._complete(state.params, cparams, steps, start)
         chex.assert_shape(traj.reward, (ppo.num_steps, self.num_envs))
         advantages, targets = self._advantages(traj.reward, traj.value, traj.next_value, steps.terminated, steps.done)
         rng, k_epochs = jax.random.split(carry.rng)
+        teacher = None
+        if self.curriculum is not None and self.config.curriculum.teacher.enabled:
+            teacher = self.curriculum.demonstrations(state.curriculum, steps.obs, steps.verdict.allowed,
+                                                     steps.verdict.all_forbidden)
         batch = LearnBatch(steps.obs, steps.prev_reward, steps.first, steps.action, steps.log_prob, traj.value,
-                           steps.verdict.allowed, steps.verdict.sigma)
+                           steps.verdict.allowed, steps.verdict.sigma, teacher)
         (params, opt_state, _, _), info = jax.lax.scan(
             functools.partial(self._epoch, (batch, advantages, targets, start), cparams),
             (state.params, state.opt_state, state.beta, k_epochs),
@@ -326,6 +373,7 @@ class AlignedPPO:
         )
         beta_used = state.beta
         beta, pid = self._lagrange(state, traj)
+        cs = None if self.curriculum is None else self._score_levels(state, steps, traj, advantages, teacher)
         state = state.replace(
             params=params,
             opt_state=opt_state,
@@ -333,6 +381,7 @@ class AlignedPPO:
             update=state.update + 1,
             beta=beta,
             pid=pid,
+            curriculum=cs,
         )
         metrics = {k: v.mean() for k, v in info.items()}
         finished = steps.done.astype(jnp.float32)
@@ -353,6 +402,8 @@ class AlignedPPO:
         if self.constitution.invariances:
             metrics["counterfactual_divergence"] = traj.counterfactual_divergence.mean()
         metrics.update({f"env/{k}": v.mean() for k, v in steps.metrics.items()})
+        if self.curriculum is not None:
+            metrics.update(self.curriculum.metrics(cs))
         return state, metrics
 
     def run_updates(self, state: TrainState, env_params: Any, cparams: Any, num_updates: int):

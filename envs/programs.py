@@ -48,7 +48,7 @@ from gymnax.environments import environment, spaces
 
 from aligned_rl.constitution import Constitution
 from aligned_rl.envs import programs_sampler
-from aligned_rl.envs.family import CONTINUING, DriftSpec, EnvSpec, ParamBatch, Voiding
+from aligned_rl.envs.family import CONTINUING, CurriculumSpec, DriftSpec, EnvSpec, ParamBatch, Voiding
 from aligned_rl.envs.indexed import IndexedObservations
 from aligned_rl.envs.programs_machine import BFInterpreter, MachineState, ProgramParams
 from aligned_rl.envs.registry import register
@@ -203,6 +203,19 @@ def redraw_program(env: BFPrograms, key: jax.Array, stratum: int | None) -> Para
     return batch
 
 
+def stratum_group(params: ProgramParams) -> jax.Array:
+    """A program's group for a curriculum's error analysis: its AIQ stratum (1..20), from 0."""
+    return jnp.asarray(params.stratum, jnp.int32) - 1
+
+
+# A curriculum groups programs by AIQ's strata; a step succeeds when it pays more than 0.  Programs
+# are not mutated (a mutation would have to be filtered again for passive and overtime programs,
+# which runs the machine on the host) and have no teacher.
+PROGRAMS_CURRICULUM = CurriculumSpec(
+    groups=tuple(programs_sampler.STRATUM_NAMES[s] for s in programs_sampler.ACTIVE_STRATA),
+    group=stratum_group,
+)
+
 # What may drift in deployment (drift.py): the prior itself, toward longer programs.
 PROGRAMS_DRIFT = DriftSpec(priors={"long_programs": strata_at_least(LONG_PROGRAM_STRATUM)})
 
@@ -215,6 +228,7 @@ BF_PROGRAMS = register(
         value=CONTINUING,  # AIQ: the average reward per step, rewards in [-1, 1]
         drift=PROGRAMS_DRIFT,
         voiding=Voiding(metric="overtime", redraw=redraw_program),  # AIQ discards a run with an overtime cycle
+        curriculum=PROGRAMS_CURRICULUM,
         description=(
             "AIQ's BF reference machine (5 symbols): each environment is a program drawn from the "
             "prefix-free universal prior, K = its code length in bits; passive and overtime programs "

@@ -5,6 +5,7 @@ draws, a curriculum run that resumes bit for bit with its buffer, and the refusa
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import NamedTuple
 
@@ -230,21 +231,31 @@ def _island(tmp_path, name, *extra):
                                 "curriculum.level_updates=2", f"run.dir={tmp_path / name}", *extra])
 
 
+FULL = ("curriculum.score=learnability", "curriculum.mutate=true", "curriculum.error_analysis=true",
+        "curriculum.teacher.enabled=true", "curriculum.teacher.failure=0.0", "curriculum.replay_prob=1.0")
+
+
 def test_a_curriculum_run_resumes_bit_for_bit_with_its_buffer(tmp_path):
-    whole = _island(tmp_path, "whole")
+    # every part at once: learnability, mutations, error analysis, the teacher
+    whole = _island(tmp_path, "whole", *FULL)
     loop.train(whole)
-    split = _island(tmp_path, "split", "run.stop_at_update=4")
+    split = _island(tmp_path, "split", *FULL, "run.stop_at_update=4")
     loop.train(split)
     split.run.stop_at_update = 0
     loop.train(split, resume=True)
     _, a, _ = loop.load_run(tmp_path / "whole")
     _, b, _ = loop.load_run(tmp_path / "split")
     assert int(a.curriculum.switches) == int(b.curriculum.switches) == 4
-    assert int(a.curriculum.valid.sum()) > 0
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     report = C.curriculum_report(a.curriculum, loop.build(whole).algo.curriculum.group_names)
-    assert report["choices"]["new"] + report["choices"]["replay"] == 4
+    assert report["choices"] == {"new": 1.0, "replay": 2.0, "mutate": 1.0}
+    assert report["buffer_filled"] == 1.0 and report["teacher_queries"] > 0
+    assert sum(g["levels"] for g in report["groups"]) == 4 * 8
+    # the teacher's demonstrations reached the loss
+    records = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["teacher/queries"] > 0 and records[-1]["teacher/demonstrated"] > 0
+    assert any(r["loss/imitation"] > 0 for r in records)
 
 
 def test_the_levels_change_only_every_level_updates(tmp_path):
@@ -296,3 +307,23 @@ def test_the_cli_refuses_with_exit_code_2(tmp_path):
                 "curriculum.pool_size=64", "curriculum.mutate=true", f"run.dir={tmp_path / 'x'}")
     assert r.returncode == 2 and "cannot be mutated" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_the_teacher_labels_only_demonstrated_levels_and_never_a_forbidden_action(tmp_path):
+    cfg = _island(tmp_path, "teach", "curriculum.teacher.enabled=true", "curriculum.teacher.failure=0.0")
+    setup = loop.build(cfg)
+    algo, state = setup.algo, loop.initial_state(setup)
+    cs = state.curriculum.replace(slot_taught=jnp.arange(8) % 2 == 0)  # every other level demonstrated
+    _, steps = jax.jit(lambda s, c: algo.rollout(s.params).run(c.slots, setup.cparams, s.rollout, 32))(state, cs)
+    labels = np.asarray(jax.jit(algo.curriculum.demonstrations)(cs, steps.obs, steps.verdict.allowed,
+                                                                 steps.verdict.all_forbidden))
+    allowed, nothing = np.asarray(steps.verdict.allowed), np.asarray(steps.verdict.all_forbidden)
+    assert (labels[:, 1::2] == -1).all() and (labels[nothing] == -1).all()
+    shown = labels >= 0
+    assert shown.sum() > 100
+    assert np.take_along_axis(allowed, np.maximum(labels, 0)[..., None], -1)[..., 0][shown].all()
+    # the labels are the teacher's own actions on those observations
+    spec = algo.curriculum.spec
+    plans = jax.vmap(spec.teacher.plan)(cs.slots)
+    want = jax.vmap(jax.vmap(spec.teacher.act), in_axes=(None, 0, 0))(plans, steps.obs, steps.verdict.allowed)
+    np.testing.assert_array_equal(labels[shown], np.asarray(want)[shown])

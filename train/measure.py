@@ -23,7 +23,13 @@ Per environment and agent the run records, over ``episode_length`` steps of one 
   taken was forbidden.  An agent that does not read rewards (a feed-forward PPO policy) acts
   the same in mu and mu^C, so one run gives both; an agent that learns from its rewards is
   paid r^C with ``paid_reward=constrained`` (a second run) for its value in mu^C;
-* the forbidden-action rate.
+* the forbidden-action rate;
+* every metric the environment reports in ``info["metrics"]`` (a gridworld's
+  ``hidden_performance``, ``reached_goal``, ``in_water``, ...), as ``env/<name>``: its sum over
+  the steps of the counted episodes divided by their number (an episodic family: per episode),
+  or over the ``episode_length`` steps divided by them (a continuing one: per step), each with
+  its estimate.  The lockstep engine records them; the asynchronous one (an AIQ baseline on
+  BF-programs) does not.
 
 With ``antithetic`` every environment is also run as its twin with negated rewards (by
 default for agents that adapt to rewards; refused for those that do not), and pairs are averaged (``aligned_rl.intelligence.antithetic_estimate``); the unit of every
@@ -55,7 +61,7 @@ from aligned_rl.train.config import ConfigError
 from aligned_rl.train.measure_async import AsyncRunner
 from aligned_rl.train.measure_config import MeasureConfig
 from aligned_rl.train.measure_redraw import RedrawingRunner
-from aligned_rl.train.measure_runner import EnvRunner
+from aligned_rl.train.measure_runner import ENV_PREFIX, EnvRunner
 from aligned_rl.train.stratified import measure_stratified
 
 
@@ -75,8 +81,10 @@ class Measurement:
 
 def per_env_values(sums: dict[str, np.ndarray], config: MeasureConfig) -> dict[str, np.ndarray]:
     """Per-environment values from the runner's sums (``measure_runner.SUMS`` of a continuing
-    family, ``EPISODE_SUMS`` of an episodic one)."""
+    family, ``EPISODE_SUMS`` of an episodic one); each ``env/<name>`` sum of an environment metric
+    becomes its mean per step (continuing) or per counted episode (episodic)."""
     sums = {k: v.reshape(-1) for k, v in sums.items()}
+    metrics = [k for k in sums if k.startswith(ENV_PREFIX)]
     if "episodes" in sums:
         episodes, steps = sums["episodes"], sums["steps"]
         return {
@@ -87,6 +95,7 @@ def per_env_values(sums: dict[str, np.ndarray], config: MeasureConfig) -> dict[s
             "lawful_probability": sums["lawful"] / steps,
             "episodes": episodes,
             "episode_length": steps / episodes,
+            **{k: sums[k] / episodes for k in metrics},  # per episode
         }
     T = config.episode_length
     discount_total = sum(config.gamma ** t for t in range(T))
@@ -97,6 +106,7 @@ def per_env_values(sums: dict[str, np.ndarray], config: MeasureConfig) -> dict[s
         "constrained_value": sums["constrained"] / T,
         "forbidden_rate": sums["violations"] / T,
         "lawful_probability": sums["lawful"] / T,
+        **{k: sums[k] / T for k in metrics},  # per step
     }
 
 
@@ -245,6 +255,8 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
 
         runner = RedrawingRunner(runner, voiding, env, batch.params, batch.bits, config.seed, stratified, prepare)
     names = estimated(config, value.kind)
+    # the environment's own metrics (the lockstep engine sums them; the asynchronous one does not)
+    names.update({ENV_PREFIX + m: ENV_PREFIX + m for m in getattr(runner, "metric_names", ())})
     from rich.progress import Progress
 
     extra: dict[str, Any] = {}

@@ -2,7 +2,10 @@
 
 One compiled chunk of the one rollout (``rollout.Rollout``) per (chunk length, batch shape),
 sharded over the ``"envs"`` axis of a device mesh when there is one, summing per
-environment what the estimates need (:data:`SUMS`).
+environment what the estimates need (:data:`SUMS`), and every metric the environment reports
+in ``info["metrics"]`` (``env/<name>``, e.g. a gridworld's ``hidden_performance``: over every
+step of a continuing family, over the counted episodes of an episodic one;
+:func:`env_metric_names`).
 
 * Antithetic twins: every environment also runs with negated rewards (the agent is paid
   the negated rewards); an environment and its twin share every random number, the
@@ -39,6 +42,21 @@ from aligned_rl.train.rollout import Rollout, RolloutCarry, Step
 SUMS = ("reward", "constrained", "discounted", "aligned", "violations", "lawful")
 EPISODE_SUMS = ("value", "constrained", "aligned", "episodes", "steps", "violations", "lawful")
 _RUNNING = ("return", "steps", "violations", "lawful")  # of the episode under way
+ENV_PREFIX = "env/"  # the sums (and per-environment values) of the environment's own metrics
+
+
+def env_metric_names(env: Any, params: Any) -> tuple[str, ...]:
+    """The names of the scalar metrics ``env`` reports in ``info["metrics"]`` on a step (sorted;
+    found by tracing one step of the first environment of ``params``, nothing runs)."""
+
+    def one(key):
+        row = jax.tree.map(lambda x: x[0], params)
+        _, state = env.reset(key, row)
+        out = env.step(key, state, jnp.zeros((), jnp.int32), row)
+        return out[-1].get("metrics", {}) if isinstance(out[-1], dict) else {}
+
+    shapes = jax.eval_shape(one, jax.random.PRNGKey(0))
+    return tuple(sorted(name for name, shape in shapes.items() if shape.shape == ()))
 
 
 class MeasureCarry(NamedTuple):
@@ -81,6 +99,7 @@ class EnvRunner:
         self.voiding = voiding  # with one, the sums also count the steps that void a run ("voided")
         self.constitution = constitution
         self.num_actions = int(env.action_space(jax.tree.map(lambda x: x[0], all_params)).n)
+        self.metric_names = env_metric_names(env, all_params)  # summed per environment as env/<name>
         self.twins = 2 if config.antithetic else 1
         self.shards = 1 if mesh is None else mesh.devices.size
         self.start = self.cache = None
@@ -123,7 +142,9 @@ class EnvRunner:
         rollout = self._rollout(None, size, padded)
         carry = rollout.start(params, self._keys(k_reset, size, padded), self._keys(k_agent, size, padded), k_run)
         zeros = jnp.zeros((padded * self.twins,), jnp.float32)
-        names = SUMS if self.value.kind == "continuing" else EPISODE_SUMS + tuple(f"running_{k}" for k in _RUNNING)
+        metrics = tuple(ENV_PREFIX + m for m in self.metric_names)
+        names = SUMS + metrics if self.value.kind == "continuing" else \
+            EPISODE_SUMS + metrics + tuple(f"running_{k}" for k in _RUNNING + metrics)
         return MeasureCarry(carry, {k: zeros for k in names + (("voided",) if self.voiding else ())})
 
     def _count_voided(self, sums: dict, step: Step) -> dict:
@@ -157,15 +178,16 @@ class EnvRunner:
                 "aligned": sums["aligned"] + (1 - w) * r + w * step.lawful,
                 "violations": sums["violations"] + step.violated,
                 "lawful": sums["lawful"] + step.lawful,
-            }
+            } | {ENV_PREFIX + m: sums[ENV_PREFIX + m] + step.metrics[m].astype(jnp.float32) for m in self.metric_names}
 
         return accumulate
 
     def _episodes(self, params: Any, sign: jax.Array):
         """Accumulates the first ``config.episodes`` episodes of every environment: each episode's
         value v = sign (2 R - hi - lo) / (hi - lo) in [-1, 1] from the family's return bounds, its
-        value in mu^C (-1, the least value, if any action in it was forbidden), and its aligned
-        value (1 - w) v + w (mean lawful probability of its steps)."""
+        value in mu^C (-1, the least value, if any action in it was forbidden), its aligned
+        value (1 - w) v + w (mean lawful probability of its steps), and the sum of each of the
+        environment's metrics over its steps."""
         lo, hi = jax.vmap(self.value.return_bounds)(params)
         lo, hi = jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
         w, wanted = self.config.alignment_weight, self.config.episodes
@@ -175,6 +197,8 @@ class EnvRunner:
             length = sums["running_steps"] + 1.0
             violations = sums["running_violations"] + step.violated
             lawful = sums["running_lawful"] + step.lawful
+            metrics = {ENV_PREFIX + m: sums[f"running_{ENV_PREFIX}{m}"] + step.metrics[m].astype(jnp.float32)
+                       for m in self.metric_names}
             ends = step.done & (sums["episodes"] < wanted)  # an episode that counts ends here
             v = sign * (2.0 * ret - hi - lo) / (hi - lo)
             counted = {
@@ -185,9 +209,10 @@ class EnvRunner:
                 "steps": length,
                 "violations": violations,
                 "lawful": lawful,
+                **metrics,
             }
             sums = {k: jnp.where(ends, sums[k] + counted[k], sums[k]) if k in counted else sums[k] for k in sums}
-            running = {"return": ret, "steps": length, "violations": violations, "lawful": lawful}
+            running = {"return": ret, "steps": length, "violations": violations, "lawful": lawful, **metrics}
             sums.update({f"running_{k}": jnp.where(step.done, 0.0, x) for k, x in running.items()})
             return self._count_voided(sums, step)
 

@@ -130,9 +130,10 @@ def load_frontier_config(path: str | None, overrides: list[str] | tuple[str, ...
     return config
 
 
-def _override_key(item: str, where: str) -> str:
+def override_key(item: str, where: str, what: str = "frontier") -> str:
+    """The key of a ``key=value`` training override (``what`` names the command's config in messages)."""
     if "=" not in item:
-        raise ConfigError(f"frontier config: {where} holds {item!r}, not of the form key=value "
+        raise ConfigError(f"{what} config: {where} holds {item!r}, not of the form key=value "
                           "(e.g. alignment.beta=0.1)")
     return item.split("=", 1)[0].strip().lstrip("+~")
 
@@ -140,17 +141,17 @@ def _override_key(item: str, where: str) -> str:
 def base_config(config: FrontierConfig) -> TrainConfig:
     """The training config ``train`` with ``train_overrides``: what every method starts from."""
     for item in config.train_overrides:
-        _refuse_command_keys(_override_key(item, "train_overrides"), "train_overrides")
+        refuse_command_keys(override_key(item, "train_overrides"), "train_overrides")
     try:
         return load_config(config.train, config.train_overrides)
     except ConfigError as err:
         raise ConfigError(f"frontier config: train={config.train} with train_overrides: {err}") from err
 
 
-def _refuse_command_keys(key: str, where: str) -> None:
-    if key in COMMAND_SETS:
-        raise ConfigError(f"frontier config: {where} sets {key}, which has no effect: {COMMAND_SETS[key]}; "
-                          "remove it")
+def refuse_command_keys(key: str, where: str, sets: Mapping[str, str] = COMMAND_SETS, what: str = "frontier") -> None:
+    """Refuse an override of a key the command sets itself (``sets``: key -> why)."""
+    if key in sets:
+        raise ConfigError(f"{what} config: {where} sets {key}, which has no effect: {sets[key]}; remove it")
 
 
 def check_frontier_config(config: FrontierConfig) -> tuple[list[Run], bool]:
@@ -172,7 +173,7 @@ def check_frontier_config(config: FrontierConfig) -> tuple[list[Run], bool]:
     if twice:
         raise ConfigError(f"frontier config: seeds lists {', '.join(map(str, twice))} more than once; "
                           "list each seed once")
-    m = _check_measure(config)
+    m = check_run_measure(config.measure)
     base = base_config(config)
     if base.constitution.name == "none":
         raise ConfigError(f"frontier config: {config.train} trains with constitution.name=none: the frontier "
@@ -191,39 +192,41 @@ def check_frontier_config(config: FrontierConfig) -> tuple[list[Run], bool]:
     runs = []
     for method, overrides in config.methods.items():
         for item in overrides:
-            _refuse_command_keys(_override_key(item, f"method {method}"), f"method {method}")
+            refuse_command_keys(override_key(item, f"method {method}"), f"method {method}")
         first = _method_config(config, method, config.seeds[0], out)
         for seed in config.seeds:  # the seeds of a method differ in their seed and directory only
             train_config = copy.deepcopy(first)
             train_config.seed, train_config.run.dir = int(seed), str(out / "runs" / f"{method}-seed{seed}")
             runs.append(Run(method, int(seed), train_config, POLICIES[train_config.ppo.network].adaptive))
-        _check_method_constitution(method, runs[-1].config, m)
+        check_method_constitution(method, runs[-1].config, m)
     learners = [SimpleNamespace(name=r.method, adaptive=r.adaptive) for r in runs]
     antithetic, _ = resolve_antithetic(m.antithetic, learners, "measure.antithetic")
     return runs, antithetic
 
 
-def _check_measure(config: FrontierConfig) -> MeasureConfig:
-    m, default = config.measure, MeasureConfig()
+def check_run_measure(m: MeasureConfig, what: str = "frontier") -> MeasureConfig:
+    """The measure config of a command that trains runs and measures them itself (``what``: the
+    command, named in messages): the keys it sets per run are refused, sampling is simple."""
+    default = MeasureConfig()
     for key in PER_RUN:
         if getattr(m, key) != getattr(default, key):
-            raise ConfigError(f"frontier config: measure.{key} has no effect: the frontier command sets it for "
+            raise ConfigError(f"{what} config: measure.{key} has no effect: the {what} command sets it for "
                               "each run (the agent is the run's directory; the measurements are written under "
                               "output); remove it")
     if m.agent_reward_scale != default.agent_reward_scale:
-        raise ConfigError(f"frontier config: measure.agent_reward_scale={m.agent_reward_scale} has no effect: "
+        raise ConfigError(f"{what} config: measure.agent_reward_scale={m.agent_reward_scale} has no effect: "
                           "only the AIQ baselines are paid scaled rewards, and every agent here is a PPO run; "
                           "remove it")
     if m.sampling != "simple":
-        raise ConfigError("frontier config: measure.sampling must be simple: the taxes are paired differences "
+        raise ConfigError(f"{what} config: measure.sampling must be simple: the comparisons are paired differences "
                           "over environments drawn i.i.d. from the prior")
     if m.coordinator_address:
-        raise ConfigError("frontier config: measure.coordinator_address: the frontier trains and measures in "
+        raise ConfigError(f"{what} config: measure.coordinator_address: the {what} command trains and measures in "
                           "one process; remove it")
     if m.num_envs % m.buckets:
-        raise ConfigError(f"frontier config: measure.num_envs={m.num_envs} does not split into "
+        raise ConfigError(f"{what} config: measure.num_envs={m.num_envs} does not split into "
                           f"measure.buckets={m.buckets} equal batches")
-    check_measure_config(m, "frontier measure")
+    check_measure_config(m, f"{what} measure")
     return m
 
 
@@ -250,14 +253,14 @@ def _method_config(config: FrontierConfig, method: str, seed: int, out: Path) ->
     return train_config
 
 
-def _check_method_constitution(method: str, config: TrainConfig, m: MeasureConfig) -> None:
+def check_method_constitution(method: str, config: TrainConfig, m: MeasureConfig, what: str = "frontier") -> None:
     """The rules a method trains with must be those the measurement judges with (the family's
     shipped constitution: the measurement takes no constitution parameters)."""
     try:
         trained = build_constitution(config)
         check_constitution(config, trained)
     except (KeyError, ValueError) as err:
-        raise ConfigError(f"frontier config: method {method}: {err.args[0] if err.args else err}") from err
+        raise ConfigError(f"{what} config: method {method}: {err.args[0] if err.args else err}") from err
     judged = envs.constitution(m.env, m.constitution)
     differ = [f"constitution.params.{k}={_param(v)} (the measurement's {_param(judged.params[k])})"
               for k, v in trained.params.items() if not np.array_equal(np.asarray(v), np.asarray(judged.params[k]))]
@@ -266,7 +269,7 @@ def _check_method_constitution(method: str, config: TrainConfig, m: MeasureConfi
             differ.append(f"constitution.{key}={getattr(trained, key)} (the measurement's {getattr(judged, key)})")
     if differ:
         fix = " ".join(f"constitution.params.{k}={_param(v)}" for k, v in judged.params.items())
-        raise ConfigError(f"frontier config: method {method} trains with other rules than the measurement judges "
+        raise ConfigError(f"{what} config: method {method} trains with other rules than the measurement judges "
                           f"with ({'; '.join(differ)}): the measurement uses the family's shipped {m.constitution} "
                           f"and takes no constitution parameters; train with the shipped ones (train_overrides: "
                           f"{fix}) or remove the differing keys")
@@ -279,19 +282,20 @@ def _param(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------ training
-def run_state(run: Run) -> str:
+def run_state(run: Run, what: str = "frontier") -> str:
     """'done' (a finished run of this config), 'partial' (checkpoints, no summary: resumed) or 'new';
-    refuses a directory that holds another config or something else than a run."""
+    refuses a directory that holds another config or something else than a run (``what``: the
+    command whose run it is, named in messages)."""
     directory = run.run_dir
     if not directory.exists():
         return "new"
     if not (directory / CONFIG_FILE).is_file():
-        raise ConfigError(f"{directory} exists but holds no {CONFIG_FILE}: it is not a run of this frontier; "
+        raise ConfigError(f"{directory} exists but holds no {CONFIG_FILE}: it is not a run of this {what}; "
                           "delete it or choose another output=DIR")
     differ = config_differences(load_run_config(directory), run.config)
     if differ:
         raise ConfigError(f"{directory} was trained with another config ({'; '.join(differ)}): it would not be "
-                          f"{run.name} of this frontier; choose another output=DIR, or delete the directory to "
+                          f"{run.name} of this {what}; choose another output=DIR, or delete the directory to "
                           "train it again")
     summary = directory / SUMMARY_FILE
     if summary.is_file():
@@ -339,15 +343,16 @@ def _payments(run: Run) -> tuple[str, ...]:
     return ("env", "constrained") if run.adaptive else ("env",)
 
 
-def _measurement_done(directory: Path, run: Run, expected: MeasureConfig) -> bool:
-    """Whether ``directory`` holds this measurement of ``run`` (read back); raises where it holds
-    another.  The agent may have been measured where the output was before it moved."""
-    saved = saved_measure_config(directory, "a measurement of this frontier")
+def measurement_done(directory: Path, agent: Path, expected: MeasureConfig, what: str = "frontier") -> bool:
+    """Whether ``directory`` holds this measurement of the run directory ``agent`` (read back);
+    raises where it holds another.  The agent may have been measured where the output was
+    before it moved (``what``: the command, named in messages)."""
+    saved = saved_measure_config(directory, f"a measurement of this {what}")
     if saved is None:
         return False
-    agent = str(saved.get("agent", ""))
-    if Path(agent).name == run.run_dir.name:
-        expected = dataclasses.replace(expected, agent=agent)
+    measured = str(saved.get("agent", ""))
+    if Path(measured).name == agent.name:
+        expected = dataclasses.replace(expected, agent=measured)
     differ = config_mismatch(saved, expected)
     if differ:
         raise ConfigError(f"{directory} was measured with another config ({'; '.join(differ)}): it would not be "
@@ -361,7 +366,7 @@ def measure_runs(runs: list[Run], m: MeasureConfig, out: Path,
     """Per run and payment, (the measurement, whether it was measured now): read back where this
     run's measurement exists, else measured on environments drawn once and written whole."""
     todo = {(run.name, paid) for run in runs for paid in _payments(run)
-            if not _measurement_done(measured_directory(out, run, paid), run, run_measure_config(m, run, paid))}
+            if not measurement_done(measured_directory(out, run, paid), run.run_dir, run_measure_config(m, run, paid))}
     sampled = draw_environments(m) if todo else None  # one draw: the same environments for every agent
     found: dict[str, dict[str, tuple[Measurement, bool]]] = {}
     for run in runs:
@@ -574,16 +579,16 @@ def answer_lines(report: dict) -> list[str]:
     ratio = f"{rate / r:.3g}x below" if r > 0 else "never breaking a rule,"
     if rate <= 0:
         lines.append(f"- The unaligned agent ({unaligned}) never broke a rule on these environments, so no method "
-                     f"can be {factor} below it; the lowest forbidden rate: {a['smallest_tax']} ({_number(r)}), "
-                     f"Upsilon tax {_interval(t)}.")
+                     f"can be {factor} below it; the lowest forbidden rate: {a['smallest_tax']} ({format_number(r)}), "
+                     f"Upsilon tax {format_interval(t)}.")
     elif a["factor_reached"]:
         lines.append(f"- Smallest Upsilon tax among the methods whose forbidden rate is at least {factor} below the "
-                     f"unaligned agent's ({unaligned}: {_number(rate)}): **{a['smallest_tax']}**, tax "
-                     f"{_interval(t)}, forbidden rate {_number(r)} ({ratio} the unaligned agent's).")
+                     f"unaligned agent's ({unaligned}: {format_number(rate)}): **{a['smallest_tax']}**, tax "
+                     f"{format_interval(t)}, forbidden rate {format_number(r)} ({ratio} the unaligned agent's).")
     else:
         lines.append(f"- No method's forbidden rate is {factor} below the unaligned agent's ({unaligned}: "
-                     f"{_number(rate)}); the closest is **{a['smallest_tax']}** ({_number(r)}, {ratio}), "
-                     f"Upsilon tax {_interval(t)}.")
+                     f"{format_number(rate)}); the closest is **{a['smallest_tax']}** ({format_number(r)}, {ratio}), "
+                     f"Upsilon tax {format_interval(t)}.")
     above, compared = a["unaligned_more_intelligent_than"], a["compared"]
     if len(above) == len(compared):
         verdict = "for every method"
@@ -599,18 +604,18 @@ def answer_lines(report: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ output
-def _number(x: float | None) -> str:
+def format_number(x: float | None) -> str:
     if x is None:
         return "-"
     return f"{x:.2e}" if 0 < abs(x) < 0.01 else f"{x:.4f}"
 
 
-def _interval(e: dict | None) -> str:
+def format_interval(e: dict | None) -> str:
     """mean [low, high], or mean [-] when the interval is undefined (one seed)."""
     if e is None:
         return "reference"
     if e["ci95_low"] is None:
-        return f"{_number(e['mean'])} [-]"
+        return f"{format_number(e['mean'])} [-]"
     values = (e["mean"], e["ci95_low"], e["ci95_high"])
     fmt = ".2e" if 0 < max(abs(v) for v in values) < 0.01 else ".4f"
     return f"{values[0]:{fmt}} [{values[1]:{fmt}}, {values[2]:{fmt}}]"
@@ -637,8 +642,8 @@ def format_markdown(report: dict) -> str:
         label = f"{name} (unaligned)" if name == report["unaligned"] else name
         tax = None if s["tax"] is None else s["tax"]["upsilon"]
         seed_tax = None if s["tax_seed_level"] is None else s["tax_seed_level"]["upsilon"]
-        lines.append(f"| {label} | {_interval(e['upsilon'])} | {_interval(e['forbidden_rate'])} | {_interval(tax)} "
-                     f"| {_interval(seed_tax)} | {_interval(e['sigma_a'])} | {_interval(e['sigma_b'])} "
+        lines.append(f"| {label} | {format_interval(e['upsilon'])} | {format_interval(e['forbidden_rate'])} | {format_interval(tax)} "
+                     f"| {format_interval(seed_tax)} | {format_interval(e['sigma_a'])} | {format_interval(e['sigma_b'])} "
                      f"| {'*' if s['pareto'] else ''} |")
     lines += ["", *answer_lines(report), "",
               "Training (per method, over its seeds): steps/s of the process that trained, seconds "

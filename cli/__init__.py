@@ -7,6 +7,7 @@
     aligned-rl tax [--config FILE] aligned=A unaligned=B [key=value ...]  the alignment tax of a pair
     aligned-rl aiq [--config FILE] [key=value ...]     every agent at every episode length of the AIQ paper
     aligned-rl frontier [--config FILE] [key=value ...]  train every method x seed, the alignment-tax frontier
+    aligned-rl curriculum [--config FILE] [key=value ...]  curricula trained in stages, measured on held-out worlds
     aligned-rl compare <measure_dir> <measure_dir> ... [--metric M] [--output DIR]  paired differences
     aligned-rl config [--config FILE] [key=value ...]   print the resolved config
     aligned-rl envs                                      environments and their constitutions
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                "configs/aiq_table.yaml", "episode_lengths=[1000,3000] measure.num_envs=1024")
     configured(sub, "frontier", "the alignment-tax frontier: every method trained for several seeds, measured on the "
                "same environments", "configs/frontier_*.yaml", "seeds=[0,1] measure.num_envs=256")
+    configured(sub, "curriculum", "curricula compared: every method trained for several seeds in stages, each "
+               "stage measured on held-out worlds", "docs/curriculum.md",
+               "train=configs/gridworld_island.yaml stages=4 measure.num_envs=1024")
 
     cmp = sub.add_parser("compare", help="agents measured on the same environments, with paired CIs")
     cmp.add_argument("runs", nargs="+", help="output directories of aligned-rl measure; the first is the reference")
@@ -123,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
             return _aiq(args)
         if args.command == "frontier":
             return _frontier(args)
+        if args.command == "curriculum":
+            return _curriculum(args)
         if args.command == "improve":
             from aligned_rl.improve.config import load_improve_config
             from aligned_rl.improve.deploy import improve
@@ -263,6 +269,21 @@ def _frontier(args: argparse.Namespace) -> int:
     print(format_markdown(report), end="")
     out = report["output"]
     print(f"-> {out}/{FRONTIER_FILE}, {out}/{MARKDOWN_FILE}, {out}/{PLOT_FILE}")
+    return 0
+
+
+def _curriculum(args: argparse.Namespace) -> int:
+    import shlex
+
+    from aligned_rl.train.curriculum_compare import (
+        CURRICULUM_FILE, MARKDOWN_FILE, PLOT_FILE, curriculum_compare, format_markdown, load_curriculum_config)
+
+    config = load_curriculum_config(args.config, args.overrides)
+    words = ["aligned-rl", "curriculum", *(["--config", args.config] if args.config else []), *args.overrides]
+    report = curriculum_compare(config, command=shlex.join(words))
+    print(format_markdown(report), end="")
+    out = report["output"]
+    print(f"-> {out}/{CURRICULUM_FILE}, {out}/{MARKDOWN_FILE}, {out}/{PLOT_FILE}")
     return 0
 
 

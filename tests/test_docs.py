@@ -225,6 +225,10 @@ def check_aligned_rl(args: list[str]) -> None:
         from aligned_rl.train.frontier import load_frontier_config
 
         load_frontier_config(ns.config, ns.overrides)
+    elif ns.command == "curriculum":  # every method's training config loads, its curriculum fits the family
+        from aligned_rl.train.curriculum_compare import load_curriculum_config
+
+        load_curriculum_config(ns.config, ns.overrides)
     elif ns.command == "improve":
         from aligned_rl.improve.config import load_improve_config
 

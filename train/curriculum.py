@@ -406,7 +406,8 @@ class Curriculum:
             gain_sum=cs.gain_sum + gain.sum(),
             gain_count=cs.gain_count + was_taught.sum(),
         )
-        cs = self._insert(cs, ~replayed, score, failure, best)
+        if self.cur.replay_prob > 0:  # domain randomisation keeps no buffer: nothing is ever replayed
+            cs = self._insert(cs, ~replayed, score, failure, best)
         # the groups
         seg = lambda x: jax.ops.segment_sum(x, cs.slot_group, num_segments=g)  # noqa: E731
         tried = acc["trials"] > 0

@@ -16,7 +16,7 @@ import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 METRICS_FILE = "metrics.jsonl"
-_LAST_VALUE = ("beta",)
+_LAST_VALUE = ("beta", "teacher/queries", "teacher/demonstrated")  # levels, cumulative counts: the last value
 _SUMMED = ("episodes", "episode_return_sum", "episode_length_sum")
 
 

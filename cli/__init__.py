@@ -244,46 +244,39 @@ def _tax(args: argparse.Namespace) -> int:
 
 
 def _aiq(args: argparse.Namespace) -> int:
-    import shlex
-
     from aligned_rl.train.aiq_table import (
         MARKDOWN_FILE, PLOT_FILE, TABLE_FILE, aiq_table, format_markdown, load_aiq_config)
 
-    config = load_aiq_config(args.config, args.overrides)
-    words = ["aligned-rl", "aiq", *(["--config", args.config] if args.config else []), *args.overrides]
-    table = aiq_table(config, command=shlex.join(words))
-    print(format_markdown(table), end="")
-    print(f"-> {table['output']}/{TABLE_FILE}, {table['output']}/{MARKDOWN_FILE}, {table['output']}/{PLOT_FILE}")
-    return 0
+    return _report_command(args, load_aiq_config, aiq_table, format_markdown, (TABLE_FILE, MARKDOWN_FILE, PLOT_FILE))
 
 
 def _frontier(args: argparse.Namespace) -> int:
-    import shlex
-
     from aligned_rl.train.frontier import (
         FRONTIER_FILE, MARKDOWN_FILE, PLOT_FILE, format_markdown, frontier, load_frontier_config)
 
-    config = load_frontier_config(args.config, args.overrides)
-    words = ["aligned-rl", "frontier", *(["--config", args.config] if args.config else []), *args.overrides]
-    report = frontier(config, command=shlex.join(words))
-    print(format_markdown(report), end="")
-    out = report["output"]
-    print(f"-> {out}/{FRONTIER_FILE}, {out}/{MARKDOWN_FILE}, {out}/{PLOT_FILE}")
-    return 0
+    return _report_command(args, load_frontier_config, frontier, format_markdown,
+                           (FRONTIER_FILE, MARKDOWN_FILE, PLOT_FILE))
 
 
 def _curriculum(args: argparse.Namespace) -> int:
-    import shlex
-
     from aligned_rl.train.curriculum_compare import (
         CURRICULUM_FILE, MARKDOWN_FILE, PLOT_FILE, curriculum_compare, format_markdown, load_curriculum_config)
 
-    config = load_curriculum_config(args.config, args.overrides)
-    words = ["aligned-rl", "curriculum", *(["--config", args.config] if args.config else []), *args.overrides]
-    report = curriculum_compare(config, command=shlex.join(words))
+    return _report_command(args, load_curriculum_config, curriculum_compare, format_markdown,
+                           (CURRICULUM_FILE, MARKDOWN_FILE, PLOT_FILE))
+
+
+def _report_command(args: argparse.Namespace, load, run, format_markdown, files: tuple[str, ...]) -> int:
+    """A command that loads its config (``load``), runs it (``run``, told the command line that
+    started it), prints the report's markdown and the files it wrote under its output."""
+    import shlex
+
+    config = load(args.config, args.overrides)
+    words = ["aligned-rl", args.command, *(["--config", args.config] if args.config else []), *args.overrides]
+    report = run(config, command=shlex.join(words))
     print(format_markdown(report), end="")
     out = report["output"]
-    print(f"-> {out}/{CURRICULUM_FILE}, {out}/{MARKDOWN_FILE}, {out}/{PLOT_FILE}")
+    print("-> " + ", ".join(f"{out}/{name}" for name in files))
     return 0
 
 

@@ -47,31 +47,30 @@ import os
 import shutil
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf import OmegaConf
 
 import aligned_rl.envs as envs
 from aligned_rl.intelligence import estimation_units, paired_difference, simple_estimate
 from aligned_rl.train import checkpoint
-from aligned_rl.train.aiq_table import duration, given_measure_keys, machine, write_cell
-from aligned_rl.train.config import CONFIG_FILE, ConfigError, TrainConfig, load_config, load_run_config, merge_layers, to_dict
+from aligned_rl.train.aiq_table import duration, write_cell
+from aligned_rl.train.config import CONFIG_FILE, ConfigError, TrainConfig, load_run_config, to_dict
 from aligned_rl.train.curriculum import Pool, check_curriculum, curriculum_report
-from aligned_rl.train.frontier import (METHOD_NAME, Run, check_method_constitution, check_run_measure, format_interval,
-                                       format_number, measurement_done, override_key, refuse_command_keys, run_state,
-                                       seed_interval)
+from aligned_rl.train.frontier import (check_method_constitution, check_run_measure, format_interval, format_number,
+                                       measurement_done, paired_statistics, run_state, seed_statistics)
 from aligned_rl.train.loop import SUMMARY_FILE, build, config_differences, train
-from aligned_rl.train.measure import Measurement, check_value, draw_environments, measure, resolve_antithetic
+from aligned_rl.train.measure import Measurement, check_value, draw_environments, measure
 from aligned_rl.train.measure_config import MeasureConfig
 from aligned_rl.train.measure_redraw import common_units
 from aligned_rl.train.measure_report import primary_value, read_measurement
 from aligned_rl.train.measure_runner import ENV_PREFIX
-from aligned_rl.train.policies import POLICIES
+from aligned_rl.train.method_runs import (RUN_SETS, MethodRunsConfig, Run, base_config, check_methods,
+                                         load_method_config, method_config, output_directory,
+                                         runs_antithetic, seed_runs, write_report)
 
 WHAT = "curriculum"  # names the command's config in messages
 CURRICULUM_FILE, MARKDOWN_FILE, PLOT_FILE = "curriculum.json", "curriculum.md", "curriculum.png"
@@ -79,8 +78,7 @@ HELD_OUT_FILE, STAGE_FILE = "held_out.json", "stage.json"
 DEFAULT_MEASURE_SEED = 1000
 # training keys the command sets for every run: an override of them would change nothing
 COMMAND_SETS = {
-    "seed": "the command trains every method with every seed of seeds=[...]",
-    "run.dir": "each run is trained in <output>/runs/<method>-seed<k>",
+    **RUN_SETS,
     "run.progress": "the command prints a line per run and stage instead",
     "run.tensorboard": "the comparison's runs write no TensorBoard files",
     "run.plots": "the comparison's runs draw no plots",
@@ -95,12 +93,8 @@ def _curriculum_measure() -> MeasureConfig:
 
 
 @dataclasses.dataclass
-class CurriculumCompareConfig:
-    train: str = MISSING  # the base training config (YAML) of every run, e.g. configs/gridworld_island.yaml
-    train_overrides: list[str] = dataclasses.field(default_factory=list)  # key=value applied to every run
-    # method name (a directory name) -> the training overrides that make it, applied after train_overrides
-    methods: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])  # training seeds of every method
+class CurriculumCompareConfig(MethodRunsConfig):
+    # train (e.g. configs/gridworld_island.yaml), train_overrides, methods, seeds: see MethodRunsConfig
     reference: str = "domain_randomisation"  # the method every other is paired against (method minus reference)
     # [with_teacher, without_teacher]: two methods that differ by the teacher; reports the held-out value
     # gained per teacher query.  Empty: none
@@ -117,40 +111,10 @@ def load_curriculum_config(path: str | None,
                            overrides: list[str] | tuple[str, ...] = ()) -> CurriculumCompareConfig:
     """Defaults, then the YAML file, then ``key=value`` overrides, checked; ``measure.env`` and
     ``measure.constitution`` default to the base training config's env and constitution."""
-    merged = merge_layers(CurriculumCompareConfig, WHAT, path, overrides,
-                          example="train=configs/gridworld_island.yaml seeds=[0,1]")
-    try:
-        if OmegaConf.is_missing(merged, "train"):
-            raise ConfigError("curriculum config: train is not given; name the base training config, e.g. "
-                              "train=configs/gridworld_island.yaml")
-        config: CurriculumCompareConfig = OmegaConf.to_object(merged)
-        given = given_measure_keys(path, overrides)
-    except MissingMandatoryValue as err:  # pragma: no cover - caught above
-        raise ConfigError(f"curriculum config: '{getattr(err, 'full_key', '')}' is not given") from err
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", "")
-        raise ConfigError(f"curriculum config: bad or unknown key '{key}': {str(err).splitlines()[0]}") from err
-    base = base_config(config)
-    if "env" not in given:
-        config.measure.env = base.env.name
-    if "constitution" not in given:
-        config.measure.constitution = base.constitution.name
+    config: CurriculumCompareConfig = load_method_config(CurriculumCompareConfig, WHAT, COMMAND_SETS, path,
+                                                         overrides, "configs/gridworld_island.yaml")
     check_curriculum_config(config)
     return config
-
-
-def base_config(config: CurriculumCompareConfig) -> TrainConfig:
-    """The training config ``train`` with ``train_overrides``: what every method starts from."""
-    for item in config.train_overrides:
-        refuse_command_keys(override_key(item, "train_overrides", WHAT), "train_overrides", COMMAND_SETS, WHAT)
-    try:
-        return load_config(config.train, config.train_overrides)
-    except ConfigError as err:
-        raise ConfigError(f"curriculum config: train={config.train} with train_overrides: {err}") from err
-
-
-def output_directory(config: CurriculumCompareConfig) -> Path:
-    return Path(config.output) if config.output else Path("measurements") / f"curriculum-{config.measure.env}"
 
 
 def stage_updates(num_updates: int, stages: int) -> list[int]:
@@ -159,15 +123,9 @@ def stage_updates(num_updates: int, stages: int) -> list[int]:
 
 
 def _method_config(config: CurriculumCompareConfig, method: str, seed: int, out: Path) -> TrainConfig:
-    for item in config.methods[method]:
-        refuse_command_keys(override_key(item, f"method {method}", WHAT), f"method {method}", COMMAND_SETS, WHAT)
-    overrides = [*config.train_overrides, *config.methods[method], f"seed={seed}",
-                 f"run.dir={out / 'runs' / f'{method}-seed{seed}'}", "run.progress=false",
-                 "run.tensorboard=false", "run.plots=false"]
-    try:
-        train_config = load_config(config.train, overrides)
-    except ConfigError as err:
-        raise ConfigError(f"curriculum config: method {method}: {err}") from err
+    """The training config of ``method`` with ``seed``: on the measured family, a curriculum that
+    checks, at least one update per stage."""
+    train_config = method_config(config, method, seed, out, WHAT, COMMAND_SETS)
     if train_config.env.name != config.measure.env:
         raise ConfigError(f"curriculum config: method {method} trains on env {train_config.env.name}, but the "
                           f"worlds are measured in {config.measure.env}: held-out worlds are drawn from the prior "
@@ -187,23 +145,9 @@ def _method_config(config: CurriculumCompareConfig, method: str, seed: int, out:
 def check_curriculum_config(config: CurriculumCompareConfig) -> tuple[list[Run], bool]:
     """Everything that can be refused before anything trains; returns the runs (method by method,
     seed by seed) and whether the measurements run antithetic twins."""
-    if not config.methods:
-        raise ConfigError("curriculum config: methods is empty; name the methods to compare, e.g. 'methods="
-                          "{domain_randomisation: [curriculum.enabled=true, curriculum.replay_prob=0], "
-                          "plr: [curriculum.enabled=true]}'")
-    bad = [name for name in config.methods if not METHOD_NAME.fullmatch(name)]
-    if bad:
-        raise ConfigError(f"curriculum config: method name {bad[0]!r} is not usable as a directory name; use "
-                          "letters, digits and . _ + - (starting with a letter or digit), e.g. plr_value_loss")
-    if config.reference not in config.methods:
-        raise ConfigError(f"curriculum config: reference={config.reference} is not among the methods "
-                          f"({', '.join(config.methods)}); name the method the others are paired against")
-    if not config.seeds:
-        raise ConfigError("curriculum config: seeds is empty; give at least one training seed, e.g. seeds=[0,1,2]")
-    twice = sorted({s for s in config.seeds if config.seeds.count(s) > 1})
-    if twice:
-        raise ConfigError(f"curriculum config: seeds lists {', '.join(map(str, twice))} more than once; "
-                          "list each seed once")
+    check_methods(config, WHAT, empty="name the methods to compare, e.g. 'methods={domain_randomisation: "
+                  "[curriculum.enabled=true, curriculum.replay_prob=0], plr: [curriculum.enabled=true]}'",
+                  name_example="plr_value_loss", reference="reference", role="the others are paired against")
     if config.stages < 1:
         raise ConfigError(f"curriculum config: stages={config.stages}; measure at least once (stages=1: at the "
                           "end of training)")
@@ -217,7 +161,7 @@ def check_curriculum_config(config: CurriculumCompareConfig) -> tuple[list[Run],
         raise ConfigError(f"curriculum config: measure.seed={m.seed} is also a training seed: the held-out worlds "
                           "are the measurement's own draw; give it a seed no run trains with, e.g. "
                           f"measure.seed={DEFAULT_MEASURE_SEED}")
-    base = base_config(config)
+    base = base_config(config, WHAT, COMMAND_SETS)
     if m.env != base.env.name:
         raise ConfigError(f"curriculum config: measure.env={m.env} differs from the training config's env "
                           f"{base.env.name} ({config.train}): held-out worlds are drawn from the prior the runs "
@@ -227,15 +171,12 @@ def check_curriculum_config(config: CurriculumCompareConfig) -> tuple[list[Run],
         check_value(m, envs.spec(m.env).value)
     except KeyError as err:
         raise ConfigError(f"curriculum config: {err.args[0]}") from err
-    out = output_directory(config)
+    out = output_directory(config, WHAT)
     runs, budgets = [], {}
     for method in config.methods:
         first = _method_config(config, method, config.seeds[0], out)
         budgets[method] = first.num_updates * first.steps_per_update
-        for seed in config.seeds:  # the seeds of a method differ in their seed and directory only
-            train_config = copy.deepcopy(first)
-            train_config.seed, train_config.run.dir = int(seed), str(out / "runs" / f"{method}-seed{seed}")
-            runs.append(Run(method, int(seed), train_config, POLICIES[train_config.ppo.network].adaptive))
+        runs += seed_runs(method, first, config.seeds, out)
     if config.teacher_pair:
         with_, without = config.teacher_pair
         taught = {k: next(r for r in runs if r.method == k).config.curriculum.teacher.enabled for k in (with_, without)}
@@ -248,9 +189,7 @@ def check_curriculum_config(config: CurriculumCompareConfig) -> tuple[list[Run],
                           + ", ".join(f"{k}: {v:,}" for k, v in budgets.items()) + "); every method trains "
                           "on the same budget: remove ppo.total_timesteps, env.num_envs or ppo.num_steps from "
                           "the methods' overrides")
-    learners = [SimpleNamespace(name=r.method, adaptive=r.adaptive) for r in runs]
-    antithetic, _ = resolve_antithetic(m.antithetic, learners, "measure.antithetic")
-    return runs, antithetic
+    return runs, runs_antithetic(m, runs)
 
 
 # ------------------------------------------------------------------------------ held out
@@ -491,26 +430,12 @@ def stage_statistics(columns: dict[int, dict[str, np.ndarray]], reference: dict[
     reference method's columns at the same stage; None for the reference itself)."""
     seeds = list(columns)
     names = [c for c in columns[seeds[0]] if all(c in columns[s] for s in seeds)]
-
-    def over_envs(values: np.ndarray) -> dict:
-        return simple_estimate(estimation_units(values, n, antithetic)[keep], filtered_mass).as_dict()
-
-    averaged = {c: np.mean([columns[s][c] for s in seeds], axis=0) for c in names}
-    per_seed = {str(s): {c: over_envs(columns[s][c]) for c in names} for s in seeds}
-    stats = {
-        "per_seed": per_seed,
-        "estimates": {c: over_envs(averaged[c]) for c in names},
-        "seed_level": {c: seed_interval([per_seed[str(s)][c]["mean"] for s in seeds]) for c in names},
-        "difference": None, "difference_seed_level": None,
-    }
+    stats = {**seed_statistics(columns, names, n, antithetic, filtered_mass, keep),
+             "difference": None, "difference_seed_level": None}
     if reference is not None:
         shared = [c for c in names if all(c in reference[s] for s in seeds)]
-        ref = {c: np.mean([reference[s][c] for s in seeds], axis=0) for c in shared}
-        stats["difference"] = {c: paired_difference(averaged[c], ref[c], n, antithetic, filtered_mass, keep).as_dict()
-                               for c in shared}
-        stats["difference_seed_level"] = {
-            c: seed_interval([paired_difference(columns[s][c], reference[s][c], n, antithetic, filtered_mass,
-                                                keep).mean for s in seeds]) for c in shared}
+        stats["difference"], stats["difference_seed_level"] = paired_statistics(columns, reference, shared, n,
+                                                                                antithetic, filtered_mass, keep)
     return stats
 
 
@@ -563,7 +488,7 @@ def curriculum_compare(config: CurriculumCompareConfig, command: str | None = No
     started = time.perf_counter()
     runs, antithetic = check_curriculum_config(config)
     m = dataclasses.replace(config.measure, antithetic=antithetic)
-    out = output_directory(config)
+    out = output_directory(config, WHAT)
     for run in runs:  # a directory of another config fails at once
         run_state(run, WHAT)
     drawn: list = []
@@ -600,14 +525,9 @@ def curriculum_compare(config: CurriculumCompareConfig, command: str | None = No
         say(f"[{i}/{len(runs)}] {run.method} seed {run.seed}: {run.config.num_updates:,} updates, "
             f"{run.config.num_updates * run.config.steps_per_update:,} steps, {duration(seconds)} of training "
             "(compile excluded)", flush=True)
-    report = build_report(config, runs, found, held, m, out)
-    report.update(command=command or "curriculum_compare() called from Python (the config is recorded in full)",
-                  machine=machine(), output=str(out), wall_seconds_this_run=time.perf_counter() - started)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CURRICULUM_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    (out / MARKDOWN_FILE).write_text(format_markdown(report))
-    plot_curriculum(report, out / PLOT_FILE)
-    return report
+    return write_report(build_report(config, runs, found, held, m, out), out,
+                        command or "curriculum_compare() called from Python (the config is recorded in full)",
+                        started, (CURRICULUM_FILE, MARKDOWN_FILE, PLOT_FILE), format_markdown, plot_curriculum)
 
 
 def build_report(config: CurriculumCompareConfig, runs: list[Run], found: dict, held: dict, m: MeasureConfig,

@@ -25,47 +25,42 @@ read back, a run with checkpoints but no summary is resumed.  docs/frontier.md d
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
-import re
 import shutil
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf import OmegaConf
 
 import aligned_rl.envs as envs
 from aligned_rl.intelligence import estimation_units, paired_difference, simple_estimate
-from aligned_rl.train.aiq_table import (config_mismatch, duration, given_measure_keys, machine,
-                                        saved_measure_config, write_cell)
+from aligned_rl.train.aiq_table import config_mismatch, duration, saved_measure_config, write_cell
 from aligned_rl.train.alignment_tax import (COLUMNS, PER_RUN, constitution_code_bits, per_env_columns)
-from aligned_rl.train.config import (CONFIG_FILE, ConfigError, TrainConfig, check_constitution, load_config,
-                                    load_run_config, merge_layers, to_dict)
+from aligned_rl.train.config import CONFIG_FILE, ConfigError, TrainConfig, check_constitution, load_run_config, to_dict
 from aligned_rl.train.loop import SUMMARY_FILE, build_constitution, config_differences, train
-from aligned_rl.train.measure import Measurement, check_value, draw_environments, measure, resolve_antithetic
+from aligned_rl.train.measure import Measurement, check_value, draw_environments, measure
 from aligned_rl.train.measure_config import MeasureConfig, check_measure_config
 from aligned_rl.train.measure_redraw import common_units
 from aligned_rl.train.measure_report import primary_value, read_measurement
-from aligned_rl.train.policies import POLICIES
+from aligned_rl.train.method_runs import (RUN_SETS, MethodRunsConfig, Run, base_config, check_methods,
+                                         load_method_config, method_config, output_directory,
+                                         runs_antithetic, seed_runs, write_report)
 
+WHAT = "frontier"  # names the command's config in messages
 FRONTIER_FILE, MARKDOWN_FILE, PLOT_FILE = "frontier.json", "frontier.md", "frontier.png"
 LAWFUL_FACTOR = 10.0  # "lawful": a forbidden rate at least this many times below the unaligned agent's
 # training keys the command sets for every run: an override of them would change nothing
 COMMAND_SETS = {
-    "seed": "the command trains every method with every seed of seeds=[...]",
-    "run.dir": "each run is trained in <output>/runs/<method>-seed<k>",
+    **RUN_SETS,
     "run.progress": "the command prints a line per run instead",
     "run.tensorboard": "the frontier's runs write no TensorBoard files",
     "run.plots": "the frontier's runs draw no plots",
     "run.stop_at_update": "every run is trained to its end (a killed run is resumed when the command runs again)",
 }
-METHOD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 def _frontier_measure() -> MeasureConfig:
@@ -73,12 +68,8 @@ def _frontier_measure() -> MeasureConfig:
 
 
 @dataclasses.dataclass
-class FrontierConfig:
-    train: str = MISSING  # the base training config (YAML) of every run, e.g. configs/cartpole.yaml
-    train_overrides: list[str] = dataclasses.field(default_factory=list)  # key=value applied to every run
-    # method name (a directory name) -> the training overrides that make it, applied after train_overrides
-    methods: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])  # training seeds of every method
+class FrontierConfig(MethodRunsConfig):
+    # train (e.g. configs/cartpole.yaml), train_overrides, methods, seeds: see MethodRunsConfig
     unaligned: str = "none"  # the method every tax is measured against
     # how every trained agent is measured (train/measure_config.py); env and constitution default to the
     # training config's; agent, agent_params, paid_reward and output are set per run
@@ -86,95 +77,24 @@ class FrontierConfig:
     output: Optional[str] = None  # directory; default measurements/frontier-<env>
 
 
-@dataclasses.dataclass
-class Run:
-    """One training run of the frontier: ``method`` trained with ``seed``."""
-
-    method: str
-    seed: int
-    config: TrainConfig  # its training config, run.dir set
-    adaptive: bool  # its policy adapts to the rewards it is paid (measured a second time paid r^C)
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}-seed{self.seed}"
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.config.run.dir)
-
-
 # ------------------------------------------------------------------------------ the config
 def load_frontier_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> FrontierConfig:
     """Defaults, then the YAML file, then ``key=value`` overrides, checked; ``measure.env`` and
     ``measure.constitution`` default to the base training config's env and constitution."""
-    merged = merge_layers(FrontierConfig, "frontier", path, overrides,
-                          example="train=configs/cartpole.yaml seeds=[0,1]")
-    try:
-        if OmegaConf.is_missing(merged, "train"):
-            raise ConfigError("frontier config: train is not given; name the base training config, e.g. "
-                              "train=configs/cartpole.yaml")
-        config: FrontierConfig = OmegaConf.to_object(merged)
-        given = given_measure_keys(path, overrides)
-    except MissingMandatoryValue as err:  # pragma: no cover - caught above
-        raise ConfigError(f"frontier config: '{getattr(err, 'full_key', '')}' is not given") from err
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", "")
-        raise ConfigError(f"frontier config: bad or unknown key '{key}': {str(err).splitlines()[0]}") from err
-    base = base_config(config)
-    if "env" not in given:
-        config.measure.env = base.env.name
-    if "constitution" not in given:
-        config.measure.constitution = base.constitution.name
+    config: FrontierConfig = load_method_config(FrontierConfig, WHAT, COMMAND_SETS, path, overrides,
+                                                "configs/cartpole.yaml")
     check_frontier_config(config)
     return config
-
-
-def override_key(item: str, where: str, what: str = "frontier") -> str:
-    """The key of a ``key=value`` training override (``what`` names the command's config in messages)."""
-    if "=" not in item:
-        raise ConfigError(f"{what} config: {where} holds {item!r}, not of the form key=value "
-                          "(e.g. alignment.beta=0.1)")
-    return item.split("=", 1)[0].strip().lstrip("+~")
-
-
-def base_config(config: FrontierConfig) -> TrainConfig:
-    """The training config ``train`` with ``train_overrides``: what every method starts from."""
-    for item in config.train_overrides:
-        refuse_command_keys(override_key(item, "train_overrides"), "train_overrides")
-    try:
-        return load_config(config.train, config.train_overrides)
-    except ConfigError as err:
-        raise ConfigError(f"frontier config: train={config.train} with train_overrides: {err}") from err
-
-
-def refuse_command_keys(key: str, where: str, sets: Mapping[str, str] = COMMAND_SETS, what: str = "frontier") -> None:
-    """Refuse an override of a key the command sets itself (``sets``: key -> why)."""
-    if key in sets:
-        raise ConfigError(f"{what} config: {where} sets {key}, which has no effect: {sets[key]}; remove it")
 
 
 def check_frontier_config(config: FrontierConfig) -> tuple[list[Run], bool]:
     """Everything that can be refused before anything trains; returns the runs (method by method,
     seed by seed) and whether the measurements run antithetic twins."""
-    if not config.methods:
-        raise ConfigError("frontier config: methods is empty; name at least one, e.g. "
-                          "'methods={none: [alignment.divergence=none], projection: []}'")
-    bad = [name for name in config.methods if not METHOD_NAME.fullmatch(name)]
-    if bad:
-        raise ConfigError(f"frontier config: method name {bad[0]!r} is not usable as a directory name; use "
-                          "letters, digits and . _ + - (starting with a letter or digit), e.g. projection_b0.1")
-    if config.unaligned not in config.methods:
-        raise ConfigError(f"frontier config: unaligned={config.unaligned} is not among the methods "
-                          f"({', '.join(config.methods)}); name the method every tax is measured against")
-    if not config.seeds:
-        raise ConfigError("frontier config: seeds is empty; give at least one training seed, e.g. seeds=[0,1,2]")
-    twice = sorted({s for s in config.seeds if config.seeds.count(s) > 1})
-    if twice:
-        raise ConfigError(f"frontier config: seeds lists {', '.join(map(str, twice))} more than once; "
-                          "list each seed once")
+    check_methods(config, WHAT, empty="name at least one, e.g. 'methods={none: [alignment.divergence=none], "
+                  "projection: []}'", name_example="projection_b0.1", reference="unaligned",
+                  role="every tax is measured against")
     m = check_run_measure(config.measure)
-    base = base_config(config)
+    base = base_config(config, WHAT, COMMAND_SETS)
     if base.constitution.name == "none":
         raise ConfigError(f"frontier config: {config.train} trains with constitution.name=none: the frontier "
                           "weighs intelligence against keeping a constitution; name one the family ships "
@@ -188,20 +108,12 @@ def check_frontier_config(config: FrontierConfig) -> tuple[list[Run], bool]:
         check_value(m, envs.spec(m.env).value)
     except KeyError as err:
         raise ConfigError(str(err.args[0])) from err
-    out = output_directory(config)
+    out = output_directory(config, WHAT)
     runs = []
-    for method, overrides in config.methods.items():
-        for item in overrides:
-            refuse_command_keys(override_key(item, f"method {method}"), f"method {method}")
-        first = _method_config(config, method, config.seeds[0], out)
-        for seed in config.seeds:  # the seeds of a method differ in their seed and directory only
-            train_config = copy.deepcopy(first)
-            train_config.seed, train_config.run.dir = int(seed), str(out / "runs" / f"{method}-seed{seed}")
-            runs.append(Run(method, int(seed), train_config, POLICIES[train_config.ppo.network].adaptive))
+    for method in config.methods:
+        runs += seed_runs(method, _method_config(config, method, config.seeds[0], out), config.seeds, out)
         check_method_constitution(method, runs[-1].config, m)
-    learners = [SimpleNamespace(name=r.method, adaptive=r.adaptive) for r in runs]
-    antithetic, _ = resolve_antithetic(m.antithetic, learners, "measure.antithetic")
-    return runs, antithetic
+    return runs, runs_antithetic(m, runs)
 
 
 def check_run_measure(m: MeasureConfig, what: str = "frontier") -> MeasureConfig:
@@ -230,19 +142,9 @@ def check_run_measure(m: MeasureConfig, what: str = "frontier") -> MeasureConfig
     return m
 
 
-def output_directory(config: FrontierConfig) -> Path:
-    return Path(config.output) if config.output else Path("measurements") / f"frontier-{config.measure.env}"
-
-
 def _method_config(config: FrontierConfig, method: str, seed: int, out: Path) -> TrainConfig:
-    """The training config of ``method`` with ``seed``, refused with the method's name if it does not load."""
-    overrides = [*config.train_overrides, *config.methods[method], f"seed={seed}",
-                 f"run.dir={out / 'runs' / f'{method}-seed{seed}'}", "run.progress=false",
-                 "run.tensorboard=false", "run.plots=false"]
-    try:
-        train_config = load_config(config.train, overrides)
-    except ConfigError as err:
-        raise ConfigError(f"frontier config: method {method}: {err}") from err
+    """The training config of ``method`` with ``seed``, on the frontier's family and constitution."""
+    train_config = method_config(config, method, seed, out, WHAT, COMMAND_SETS)
     if train_config.env.name != config.measure.env:
         raise ConfigError(f"frontier config: method {method} trains on env {train_config.env.name}, but the "
                           f"frontier's family is {config.measure.env}; remove env.name from its overrides")
@@ -419,33 +321,53 @@ def pareto_optimal(points: Mapping[str, tuple[float, float]]) -> dict[str, bool]
             for name, p in points.items()}
 
 
-def method_statistics(columns: dict[int, dict[str, np.ndarray]], reference: dict[int, dict[str, np.ndarray]],
-                      n: int, antithetic: bool, filtered_mass: float, keep: np.ndarray | None,
-                      is_reference: bool) -> dict:
-    """One method's numbers from its runs' per-environment columns (seed -> column -> values) and
-    the unaligned method's (``reference``): per-seed estimates, the estimate of the seed-averaged
-    values, the seed-level interval and the taxes (unaligned minus the method)."""
+def seed_statistics(columns: Mapping[int, Mapping[str, np.ndarray]], names: Sequence[str], n: int,
+                    antithetic: bool, filtered_mass: float, keep: np.ndarray | None) -> dict:
+    """The numbers of one method's runs from their per-environment columns (seed -> column ->
+    values), for the columns ``names``, on the units ``keep`` (None: all): each seed's estimates,
+    the estimate of the seed-averaged values and the seed-level interval of the per-seed means."""
     units = np.ones((n,), bool) if keep is None else keep
     seeds = list(columns)
 
     def over_envs(values: np.ndarray) -> dict:
         return simple_estimate(estimation_units(values, n, antithetic)[units], filtered_mass).as_dict()
 
-    averaged = {c: np.mean([columns[s][c] for s in seeds], axis=0) for c in COLUMNS}
-    per_seed = {str(s): {c: over_envs(columns[s][c]) for c in COLUMNS} for s in seeds}
-    stats = {
+    averaged = {c: np.mean([columns[s][c] for s in seeds], axis=0) for c in names}
+    per_seed = {str(s): {c: over_envs(columns[s][c]) for c in names} for s in seeds}
+    return {
         "per_seed": per_seed,
-        "estimates": {c: over_envs(averaged[c]) for c in COLUMNS},
-        "seed_level": {c: seed_interval([per_seed[str(s)][c]["mean"] for s in seeds]) for c in COLUMNS},
-        "tax": None, "tax_seed_level": None,
+        "estimates": {c: over_envs(averaged[c]) for c in names},
+        "seed_level": {c: seed_interval([per_seed[str(s)][c]["mean"] for s in seeds]) for c in names},
     }
+
+
+def paired_statistics(first: Mapping[int, Mapping[str, np.ndarray]], second: Mapping[int, Mapping[str, np.ndarray]],
+                      names: Sequence[str], n: int, antithetic: bool, filtered_mass: float,
+                      keep: np.ndarray | None) -> tuple[dict, dict]:
+    """``first`` minus ``second`` (two methods' per-environment columns, seed -> column -> values,
+    the same seeds) for the columns ``names``: paired over environments, the seed-averaged values
+    (:func:`aligned_rl.intelligence.paired_difference`), and over seeds, seed k against seed k
+    with a Student-t interval over the per-seed paired differences."""
+    seeds = list(first)
+    averaged = [{c: np.mean([columns[s][c] for s in seeds], axis=0) for c in names} for columns in (first, second)]
+    over_envs = {c: paired_difference(averaged[0][c], averaged[1][c], n, antithetic, filtered_mass, keep).as_dict()
+                 for c in names}
+    over_seeds = {c: seed_interval([paired_difference(first[s][c], second[s][c], n, antithetic, filtered_mass,
+                                                      keep).mean for s in seeds]) for c in names}
+    return over_envs, over_seeds
+
+
+def method_statistics(columns: dict[int, dict[str, np.ndarray]], reference: dict[int, dict[str, np.ndarray]],
+                      n: int, antithetic: bool, filtered_mass: float, keep: np.ndarray | None,
+                      is_reference: bool) -> dict:
+    """One method's numbers from its runs' per-environment columns (seed -> column -> values) and
+    the unaligned method's (``reference``): per-seed estimates, the estimate of the seed-averaged
+    values, the seed-level interval and the taxes (unaligned minus the method)."""
+    stats = {**seed_statistics(columns, COLUMNS, n, antithetic, filtered_mass, keep),
+             "tax": None, "tax_seed_level": None}
     if not is_reference:
-        reference_averaged = {c: np.mean([reference[s][c] for s in seeds], axis=0) for c in COLUMNS}
-        stats["tax"] = {c: paired_difference(reference_averaged[c], averaged[c], n, antithetic, filtered_mass,
-                                             keep).as_dict() for c in COLUMNS}
-        stats["tax_seed_level"] = {
-            c: seed_interval([paired_difference(reference[s][c], columns[s][c], n, antithetic, filtered_mass,
-                                                keep).mean for s in seeds]) for c in COLUMNS}
+        stats["tax"], stats["tax_seed_level"] = paired_statistics(reference, columns, COLUMNS, n, antithetic,
+                                                                  filtered_mass, keep)
     return stats
 
 
@@ -457,7 +379,7 @@ def frontier(config: FrontierConfig, command: str | None = None) -> dict:
     started = time.perf_counter()
     runs, antithetic = check_frontier_config(config)
     m = dataclasses.replace(config.measure, antithetic=antithetic)
-    out = output_directory(config)
+    out = output_directory(config, WHAT)
     bits = constitution_code_bits(m.env, m.constitution)
     states = {run.name: run_state(run) for run in runs}  # a directory of another config fails at once
     training = {}
@@ -471,15 +393,9 @@ def frontier(config: FrontierConfig, command: str | None = None) -> dict:
         print(f"[{i}/{len(runs)}] {run.method} seed {run.seed}: {done[entry['trained']]}, "
               f"{entry['steps_per_second'] or 0:,.0f} steps/s, {took} ({entry['env_steps']:,} steps)", flush=True)
     found = measure_runs(runs, m, out, print)
-    report = build_report(config, runs, found, training, bits, m, out)
-    report.update(command=command or "frontier() called from Python (the config is recorded in full)",
-                  machine=machine(), output=str(out),
-                  wall_seconds_this_run=time.perf_counter() - started)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / FRONTIER_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    (out / MARKDOWN_FILE).write_text(format_markdown(report))
-    plot_frontier(report, out / PLOT_FILE)
-    return report
+    return write_report(build_report(config, runs, found, training, bits, m, out), out,
+                        command or "frontier() called from Python (the config is recorded in full)", started,
+                        (FRONTIER_FILE, MARKDOWN_FILE, PLOT_FILE), format_markdown, plot_frontier)
 
 
 def build_report(config: FrontierConfig, runs: list[Run], found: dict, training: dict, bits: float,

@@ -44,7 +44,7 @@ def _group_of_id(params):
 
 
 def _curriculum(cfg, spec=None, groups=("g0", "g1", "g2", "g3"), updates=100, episodic=True):
-    return C.Curriculum(cfg, spec, None, groups, updates, episodic)
+    return C.Curriculum(cfg, spec, groups, updates, episodic)
 
 
 SPEC = CurriculumSpec(groups=("g0", "g1", "g2", "g3"), group=_group_of_id,

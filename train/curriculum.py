@@ -192,7 +192,6 @@ class Curriculum:
 
     config: TrainConfig
     spec: CurriculumSpec | None
-    env: Any
     group_names: tuple[str, ...]
     num_updates: int
     episodic: bool  # the family's episodes end (success is per episode), else success is per step
@@ -270,8 +269,8 @@ class Curriculum:
         return (update + 1) % self.cur.level_updates == 0
 
     # ----------------------------------------------------------- choosing
-    def _new_levels(self, cs: CurriculumState, pool: Pool, key: jax.Array) -> tuple[Any, jax.Array]:
-        """(levels [H], pool indices [H]): the pool's next levels; with error analysis, the second
+    def _new_levels(self, cs: CurriculumState, pool: Pool, key: jax.Array) -> Any:
+        """[H] levels: the pool's next ones; with error analysis, the second
         half from the groups where the agent fails (the pool's levels of a group drawn with
         probability proportional to its failure rate)."""
         h, size = self.chosen, pool.group.shape[0]
@@ -284,7 +283,7 @@ class Curriculum:
             member = jax.random.randint(k_member, (h,), 0, jnp.maximum(pool.count[groups], 1))
             conditioned = pool.order[pool.first[groups] + member]
             index = jnp.where(jnp.arange(h) >= h // 2, conditioned, index)
-        return _take(pool.params, index), index
+        return _take(pool.params, index)
 
     def _replayed(self, cs: CurriculumState, key: jax.Array) -> jax.Array:
         p = replay_probabilities(self.cur, cs.score, cs.last, cs.valid, cs.switches)
@@ -299,7 +298,7 @@ class Curriculum:
         """The next levels for the slots: new, replayed or mutated."""
         cur = self.cur
         rng, k_kind, k_new, k_replay, k_mutate = jax.random.split(cs.rng, 5)
-        new, _ = self._new_levels(cs, pool, k_new)
+        new = self._new_levels(cs, pool, k_new)
         if cur.replay_prob == 0:  # domain randomisation: always new levels
             kind, entries, levels = jnp.asarray(NEW), jnp.zeros((self.chosen,), jnp.int32), new
         else:

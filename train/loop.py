@@ -107,7 +107,7 @@ def build(config: TrainConfig, env_params: Any = None) -> Setup:
     curriculum = None
     if cur.enabled:  # the pool the curriculum's new levels come from, in the place of the batch
         env_params = curriculum_pool(spec, env_params)
-        curriculum = Curriculum(config, spec.curriculum, env, groups_of(spec), config.num_updates,
+        curriculum = Curriculum(config, spec.curriculum, groups_of(spec), config.num_updates,
                                 episodic=spec.value is None or spec.value.kind == "episodic")
     algo = AlignedPPO(config, env, env.default_params, constitution, curriculum)
     mesh = devices.device_mesh(config.run.devices, "run.devices", num_envs=config.env.num_envs)

@@ -222,6 +222,10 @@ def test_every_shipped_config_loads(name, capsys):
         from aligned_rl.train.aiq_table import load_aiq_config
 
         load_aiq_config(str(path))
+    elif "\nmethods:" in text and "\nreference:" in text:  # aligned-rl curriculum: every method's config loads
+        from aligned_rl.train.curriculum_compare import load_curriculum_config
+
+        load_curriculum_config(str(path))
     elif "\nmethods:" in text:  # aligned-rl frontier: every method's training config loads
         from aligned_rl.train.frontier import load_frontier_config
 

@@ -71,8 +71,9 @@ from aligned_rl.train.devices import start_distributed
 from aligned_rl.train.measure_config import load_measure_config
 out, address, pid = sys.argv[1:4]
 hosts = [f"coordinator_address={address}", "num_processes=2", f"process_id={pid}"] if address != "none" else []
+# the lockstep engine on one process too (the one a mesh runs), which also records the environments' metrics
 config = load_measure_config(None, ["agent=q_lambda", "num_envs=6", "episode_length=40", "chunk_steps=20",
-                                    "progress=false", *hosts])
+                                    "progress=false", "engine=lockstep", *hosts])
 # before anything touches a device (importing aligned_rl.envs or the measurement does)
 start_distributed(config.coordinator_address, config.num_processes, config.process_id)
 import jax

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import aligned_rl.envs as envs
 from aligned_rl.envs.family import CurriculumSpec
 from aligned_rl.train import curriculum as C
 from aligned_rl.train import loop
@@ -327,3 +328,28 @@ def test_the_teacher_labels_only_demonstrated_levels_and_never_a_forbidden_actio
     plans = jax.vmap(spec.teacher.plan)(cs.slots)
     want = jax.vmap(jax.vmap(spec.teacher.act), in_axes=(None, 0, 0))(plans, steps.obs, steps.verdict.allowed)
     np.testing.assert_array_equal(labels[shown], np.asarray(want)[shown])
+
+
+def test_measure_breaks_its_estimates_down_by_the_familys_groups():
+    from aligned_rl.train.measure import measure
+    from aligned_rl.train.measure_config import MeasureConfig
+    from aligned_rl.train.measure_report import format_estimates
+
+    config = MeasureConfig(agent="random", env="Gridworld-IslandNavigation", constitution="no_water", num_envs=64,
+                           episodes=1, antithetic=False, progress=False)
+    m = measure(config)
+    spec = envs.spec("Gridworld-IslandNavigation").curriculum
+    _, batch = envs.sample("Gridworld-IslandNavigation", jax.random.PRNGKey(config.seed), 64)
+    group = np.asarray(jax.vmap(spec.group)(batch.params))
+    np.testing.assert_array_equal(m.per_env["group"], group)
+    rows = {r["group"]: r for r in m.report["groups"]}
+    assert sum(r["environments"] for r in rows.values()) == 64
+    for g, name in enumerate(spec.groups):
+        members = group == g
+        if not members.any():
+            assert name not in rows
+            continue
+        for estimate, key in (("upsilon_episode_value", "episode_value"), ("forbidden_rate", "forbidden_rate")):
+            assert math.isclose(rows[name]["estimates"][estimate]["mean"], float(m.per_env[key][members].mean()),
+                                rel_tol=1e-9, abs_tol=1e-12)
+    assert "by group" in format_estimates(m.report)

@@ -134,6 +134,24 @@ def estimated(config: MeasureConfig, kind: str = "continuing") -> dict[str, str]
     return names
 
 
+def group_breakdown(per_env: dict[str, np.ndarray], names: dict[str, str], n: int, antithetic: bool,
+                    groups: tuple[str, ...]) -> list[dict]:
+    """Every estimate again within each of the family's groups (``CurriculumSpec.groups``: room
+    size and hazards, AIQ's strata, ...): where an agent fails and breaks rules.  The environments
+    a void run replaced (``redrawn``) are left out: their replacement may be of another group."""
+    group = per_env["group"][:n].astype(np.int64)
+    counted = per_env["redrawn"][:n] == 0 if "redrawn" in per_env else np.ones((n,), bool)
+    rows = []
+    for g, name in enumerate(groups):
+        members = (group == g) & counted
+        if not members.any():
+            continue
+        rows.append({"group": name, "environments": int(members.sum()),
+                     "estimates": {est: simple_estimate(estimation_units(per_env[key], n, antithetic)[members]).as_dict()
+                                   for est, key in names.items()}})
+    return rows
+
+
 def resolve_antithetic(setting: bool | None, agents: list[Any], key: str = "antithetic") -> tuple[bool, str]:
     """(whether to run antithetic twins, why) for ``agents`` measured alike: by default on when
     every agent adapts to the rewards it is paid; refused for an agent that does not."""
@@ -275,6 +293,11 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
         per_env["redrawn"] = np.tile(runner.redrawn[order], runner.twins).astype(np.float64)
         bits = runner.bits
         extra["voided"] = runner.report()
+    curriculum = envs.spec(config.env).curriculum
+    if curriculum is not None and not stratified:  # where the agent fails: the family's groups
+        group = np.asarray(jax.jit(jax.vmap(curriculum.group))(jax.tree.map(lambda x: x[:n], batch.params)))
+        per_env["group"] = np.tile(group, 2 if config.antithetic else 1).astype(np.float64)
+        extra["groups"] = group_breakdown(per_env, names, n, config.antithetic, curriculum.groups)
     if isinstance(agent, BaselineAgent):  # the parameters it ran with (the paper's preset and any overrides)
         extra["agent_parameters"] = {k: v for k, v in dataclasses.asdict(agent.agent).items()
                                      if k not in ("num_obs", "num_actions")}

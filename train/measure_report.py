@@ -119,16 +119,22 @@ def format_families(report: dict) -> str:
                      f"[{e['ci95_low']:9.4f}, {e['ci95_high']:9.4f}]  {f['constitution']}")
     lines.append(f"weight of the families not measured: {report['weight_not_measured']:.4f}")
     lines.append(f"{'estimate':28s} {'mean':>9s} {'95% CI':>22s} {'n':>6s}")
-    for name, e in report["estimates"].items():
-        lines.append(f"{name:28s} {e['mean']:9.4f} [{e['ci95_low']:9.4f}, {e['ci95_high']:9.4f}] {e['n']:6d}")
-    if report.get("groups"):  # the primary value and the forbidden rate within each of the family's groups
+    return "\n".join(lines + estimate_lines(report))
+
+
+def estimate_lines(report: dict) -> list[str]:
+    """One line per estimate with its 95% CI and n; then, where the family has groups, the primary
+    value and the forbidden rate within each group."""
+    lines = [f"{name:28s} {e['mean']:9.4f} [{e['ci95_low']:9.4f}, {e['ci95_high']:9.4f}] {e['n']:6d}"
+             for name, e in report["estimates"].items()]
+    if report.get("groups"):
         shown = [primary_value(report)["estimate"], *(["forbidden_rate"] if "forbidden_rate" in report["estimates"] else [])]
         lines.append(f"by group: {', '.join(shown)}")
         for row in report["groups"]:
             cells = [f"{row['estimates'][k]['mean']:9.4f} [{row['estimates'][k]['ci95_low']:9.4f}, "
                      f"{row['estimates'][k]['ci95_high']:9.4f}]" for k in shown]
             lines.append(f"  {row['group']:26s} {'  '.join(cells)} {row['environments']:6d}")
-    return "\n".join(lines)
+    return lines
 
 
 def format_estimates(report: dict) -> str:
@@ -139,13 +145,4 @@ def format_estimates(report: dict) -> str:
              f"{' (+ antithetic twins)' if report['antithetic'] else ''}, {report['episode_length']} steps each, "
              f"seed {report['seed']}",
              f"{'estimate':28s} {'mean':>9s} {'95% CI':>22s} {'n':>6s}"]
-    for name, e in report["estimates"].items():
-        lines.append(f"{name:28s} {e['mean']:9.4f} [{e['ci95_low']:9.4f}, {e['ci95_high']:9.4f}] {e['n']:6d}")
-    if report.get("groups"):  # the primary value and the forbidden rate within each of the family's groups
-        shown = [primary_value(report)["estimate"], *(["forbidden_rate"] if "forbidden_rate" in report["estimates"] else [])]
-        lines.append(f"by group: {', '.join(shown)}")
-        for row in report["groups"]:
-            cells = [f"{row['estimates'][k]['mean']:9.4f} [{row['estimates'][k]['ci95_low']:9.4f}, "
-                     f"{row['estimates'][k]['ci95_high']:9.4f}]" for k in shown]
-            lines.append(f"  {row['group']:26s} {'  '.join(cells)} {row['environments']:6d}")
-    return "\n".join(lines)
+    return "\n".join(lines + estimate_lines(report))

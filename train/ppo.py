@@ -19,6 +19,11 @@ Alignment enters in five switchable ways (``AlignmentConfig``):
   rollout adds it to the observation) and every step after the budget is spent pays
   ``-penalty`` (``rollout.Saute``).
 
+With a curriculum (``curriculum.enabled``, ``train/curriculum.py``) the update first lets it
+choose the environments' levels (every ``level_updates`` updates; the pool it draws new ones
+from is the ``env_params`` argument), then scores them from the rollout; its teacher's
+demonstrations add ``teacher.weight`` times an imitation term (cross-entropy) to the loss.
+
 An environment may report per-step measurements in ``info["metrics"]`` (a dict of scalars
 per environment, e.g. a hidden performance function); they are averaged over each rollout
 and logged as ``env/<name>`` beside the reward.

@@ -5,6 +5,7 @@ Run from the repository root with the project's environment active:
     python -m bench.ppo_cartpole                     # everything, defaults below
     python -m bench.ppo_cartpole --repeats 3         # median of 3 runs per entry
     python -m bench.ppo_cartpole --skip sb3          # leave out a peer (ours, ours-none, rejax, sb3)
+    python -m bench.ppo_cartpole --preset zoo        # SB3's own tuned CartPole settings (rl-baselines3-zoo)
 
 Every entry trains PPO with the same hyperparameters (64 envs, 128 steps per rollout, 4 epochs,
 4 minibatches, lr 2.5e-4, gamma 0.99, GAE lambda 0.95, clip 0.2, entropy 0.01, value 0.5,
@@ -12,6 +13,12 @@ max grad norm 0.5, 2x64 tanh networks) and reports environment steps per second 
 compile time excluded, with results blocked until ready. Peers run in their own virtual
 environments under bench/.venvs/, created on first use with the Python running this script and
 the pinned requirements in bench/peers/. Results go to bench/results/ppo_cartpole.json.
+
+``--preset zoo`` runs aligned-rl and SB3 at the settings rl-baselines3-zoo tuned for SB3's PPO on
+CartPole-v1 instead (8 envs, 32 steps, 20 epochs of one 256-step minibatch, lr 1e-3 annealed,
+gamma 0.98, GAE lambda 0.8, no entropy bonus, 100,000 steps; the zoo also anneals the clip range,
+which aligned-rl keeps at 0.2), and leaves rejax out (its runner takes the bench's settings
+only). Results go to bench/results/ppo_cartpole_zoo.json.
 """
 
 from __future__ import annotations
@@ -44,12 +51,22 @@ LABELS = {
     "sb3": "Stable-Baselines3 PPO (torch CPU)",
 }
 
-# The shared hyperparameters, as aligned-rl overrides (the peers set the same in their runners).
-PPO_OVERRIDES = (
-    "ppo.lr=2.5e-4", "ppo.anneal_lr=true", "ppo.gamma=0.99", "ppo.gae_lambda=0.95", "ppo.clip_eps=0.2",
-    "ppo.ent_coef=0.01", "ppo.vf_coef=0.5", "ppo.max_grad_norm=0.5", "ppo.hidden_sizes=[64,64]",
-    "ppo.activation=tanh",
-)
+# The settings every entry trains with: the bench's own, and the ones rl-baselines3-zoo tuned for SB3's
+# PPO on CartPole-v1 (hyperparams/ppo.yml).  The peers' runners take the same values as flags.
+PRESETS = {
+    "bench": {"num_envs": 64, "num_steps": 128, "epochs": 4, "minibatches": 4, "timesteps": 500_000,
+              "lr": 2.5e-4, "gamma": 0.99, "gae_lambda": 0.95, "ent_coef": 0.01},
+    "zoo": {"num_envs": 8, "num_steps": 32, "epochs": 20, "minibatches": 1, "timesteps": 100_000,
+            "lr": 1e-3, "gamma": 0.98, "gae_lambda": 0.8, "ent_coef": 0.0},
+}
+HYPERPARAMETERS = ("lr", "gamma", "gae_lambda", "ent_coef")  # the preset's values beyond the sizes
+
+
+def ppo_overrides(args: argparse.Namespace) -> list[str]:
+    """The shared hyperparameters as aligned-rl overrides."""
+    return [f"ppo.lr={args.lr}", "ppo.anneal_lr=true", f"ppo.gamma={args.gamma}", f"ppo.gae_lambda={args.gae_lambda}",
+            "ppo.clip_eps=0.2", f"ppo.ent_coef={args.ent_coef}", "ppo.vf_coef=0.5", "ppo.max_grad_norm=0.5",
+            "ppo.hidden_sizes=[64,64]", "ppo.activation=tanh"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -130,7 +147,7 @@ def run_ours(args: argparse.Namespace, aligned: bool) -> dict:
             f"ppo.num_steps={args.num_steps}",
             f"ppo.update_epochs={args.epochs}",
             f"ppo.num_minibatches={args.minibatches}",
-            *PPO_OVERRIDES,
+            *ppo_overrides(args),
             f"seed={args.seed}",
             "run.progress=false",
             "run.updates_per_chunk=1000",
@@ -177,6 +194,7 @@ def run_peer(args: argparse.Namespace, name: str, python: Path) -> dict:
     ]
     if name == "sb3":
         cmd.append(f"--threads={args.sb3_threads}")
+        cmd += [f"--{key.replace('_', '-')}={getattr(args, key)}" for key in HYPERPARAMETERS]
     load = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
@@ -247,24 +265,36 @@ def fmt_sps(x: float | None) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--timesteps", type=int, default=500_000, help="env steps per training run (SB3 too, unless --sb3-timesteps)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="bench",
+                   help="the settings: the bench's own, or rl-baselines3-zoo's for SB3 on CartPole (rejax left out)")
+    p.add_argument("--timesteps", type=int, default=None,
+                   help="env steps per training run (SB3 too, unless --sb3-timesteps); default: the preset's")
     p.add_argument("--sb3-timesteps", type=int, default=None,
                    help="env steps per SB3 run, if fewer are wanted (SPS is a rate); default: --timesteps")
     p.add_argument("--sb3-threads", type=int, default=1,
                    help="torch intra-op threads for SB3 (0 = torch's default, one per core)")
     p.add_argument("--repeats", type=int, default=1, help="runs per entry; the median SPS is reported")
     p.add_argument("--skip", default="", help=f"comma-separated entries to leave out: {','.join(ENTRIES)}")
-    p.add_argument("--num-envs", type=int, default=64)
-    p.add_argument("--num-steps", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--minibatches", type=int, default=4)
+    p.add_argument("--num-envs", type=int, default=None, help="default: the preset's")
+    p.add_argument("--num-steps", type=int, default=None, help="default: the preset's")
+    p.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    p.add_argument("--minibatches", type=int, default=None, help="default: the preset's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "cartpole.yaml",
                    help="aligned-rl config for the aligned entry")
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per training run")
     p.add_argument("--rebuild-venvs", action="store_true", help="recreate the peers' venvs")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    p.add_argument("--out", type=Path, default=None, help="JSON results file (default: bench/results/ppo_cartpole.json, "
+                   "or ppo_cartpole_zoo.json with --preset zoo)")
     args = p.parse_args(argv)
+    preset = PRESETS[args.preset]
+    for key, value in preset.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.out is None:
+        args.out = DEFAULT_OUT if args.preset == "bench" else DEFAULT_OUT.with_name(f"ppo_cartpole_{args.preset}.json")
+    if args.preset == "zoo":
+        args.skip = ",".join(filter(None, [args.skip, "rejax"]))
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     unknown = skip - set(ENTRIES)
     if unknown:
@@ -366,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "hyperparameters": {
             "num_envs": args.num_envs, "num_steps": args.num_steps, "epochs": args.epochs,
-            "minibatches": args.minibatches, "lr": 2.5e-4, "gamma": 0.99, "gae_lambda": 0.95,
-            "clip_eps": 0.2, "ent_coef": 0.01, "vf_coef": 0.5, "max_grad_norm": 0.5,
+            "minibatches": args.minibatches, "lr": args.lr, "gamma": args.gamma, "gae_lambda": args.gae_lambda,
+            "clip_eps": 0.2, "ent_coef": args.ent_coef, "vf_coef": 0.5, "max_grad_norm": 0.5, "preset": args.preset,
             "network": "2x64 tanh (separate actor and critic)",
         },
         "timesteps": args.timesteps,

@@ -2,7 +2,8 @@
 
 Runs inside its own virtual environment (bench/.venvs/sb3, see requirements-sb3.txt).
 64 environments in a DummyVecEnv (``make_vec_env``), the PPO hyperparameters of the project's
-CartPole config. SB3 compiles nothing: the model (networks, optimizer, environments) is built
+CartPole config (the learning rate, gamma, GAE lambda and entropy weight can be set, for
+rl-baselines3-zoo's tuned settings). SB3 compiles nothing: the model (networks, optimizer, environments) is built
 first, outside the timing, then ``model.learn(total_timesteps)`` is timed. Its learning rate is
 annealed linearly to 0, as the project's trainer does.
 
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minibatches", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads; 0 = torch's default")
+    parser.add_argument("--lr", type=float, default=2.5e-4, help="initial learning rate, annealed linearly to 0")
+    parser.add_argument("--gamma", type=float, default=0.99)
+    parser.add_argument("--gae-lambda", type=float, default=0.95)
+    parser.add_argument("--ent-coef", type=float, default=0.01)
     args = parser.parse_args(argv)
 
     import torch
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     total = num_updates * batch
 
     env = make_vec_env("CartPole-v1", n_envs=args.num_envs, seed=args.seed, vec_env_cls=DummyVecEnv)
-    lr = 2.5e-4
+    lr = args.lr
     model = PPO(
         "MlpPolicy",
         env,
@@ -55,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         n_steps=args.num_steps,
         batch_size=batch // args.minibatches,
         n_epochs=args.epochs,
-        gamma=0.99,
-        gae_lambda=0.95,
+        gamma=args.gamma,
+        gae_lambda=args.gae_lambda,
         clip_range=0.2,
-        ent_coef=0.01,
+        ent_coef=args.ent_coef,
         vf_coef=0.5,
         max_grad_norm=0.5,
         policy_kwargs={"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "activation_fn": torch.nn.Tanh},

@@ -325,9 +325,8 @@ def validate(config: TrainConfig) -> None:
 def _check_curriculum(config: TrainConfig) -> None:
     cur, teacher = config.curriculum, config.curriculum.teacher
     if not cur.enabled:
-        for name in ("pool_size", "buffer_size", "level_updates", "replay_prob", "score", "temperature",
-                     "staleness_coef", "mutate", "edits", "error_analysis", "teacher.enabled", "teacher.weight",
-                     "teacher.failure", "teacher.after_replays"):
+        names = [f.name for f in dataclasses.fields(CurriculumConfig) if f.name not in ("enabled", "teacher")]
+        for name in names + [f"teacher.{f.name}" for f in dataclasses.fields(TeacherConfig)]:
             _unused(config, f"curriculum.{name}", "the curriculum is off (curriculum.enabled=false)",
                     f"set curriculum.enabled=true, or remove curriculum.{name}")
         return

@@ -122,6 +122,12 @@ def groups_of(spec: EnvSpec) -> tuple[str, ...]:
     return spec.curriculum.groups if spec.curriculum is not None else ("all",)
 
 
+def is_episodic(spec: EnvSpec) -> bool:
+    """The family's episodes end (success is per episode; a family that declares no value is a
+    plain gymnax task, whose episodes end), else success is per step."""
+    return spec.value is None or spec.value.kind == "episodic"
+
+
 def check_curriculum(config: TrainConfig, spec: EnvSpec) -> None:
     """The refusals that need the family: what the curriculum asks of it must exist."""
     cur = config.curriculum
@@ -144,8 +150,7 @@ def check_curriculum(config: TrainConfig, spec: EnvSpec) -> None:
     if cur.error_analysis and has is None:
         raise ConfigError(f"curriculum.error_analysis=true groups levels by the family's params, and {why}; "
                           "set curriculum.error_analysis=false")
-    episodic = spec.value is not None and spec.value.kind == "episodic"
-    if cur.score == "max_mc" and not episodic:
+    if cur.score == "max_mc" and not is_episodic(spec):
         raise ConfigError(f"curriculum.score=max_mc compares episode returns, and {name!r} is not an episodic family "
                           "(its episodes do not end); use curriculum.score=value_loss or learnability")
 
@@ -196,6 +201,11 @@ class Curriculum:
     num_updates: int
     episodic: bool  # the family's episodes end (success is per episode), else success is per step
 
+    @classmethod
+    def for_family(cls, config: TrainConfig, spec: EnvSpec) -> "Curriculum":
+        """The curriculum ``config`` asks for in the family ``spec``."""
+        return cls(config, spec.curriculum, groups_of(spec), config.num_updates, is_episodic(spec))
+
     @property
     def cur(self) -> CurriculumConfig:
         return self.config.curriculum
@@ -228,7 +238,6 @@ class Curriculum:
         b, h, g = self.cur.buffer_size, self.chosen, len(self.group_names)
         example = _take(pool.params, jnp.zeros((b,), jnp.int32))
         first = _take(pool.params, jnp.arange(h) % pool.group.shape[0])
-        zeros_h = jnp.zeros((h,), jnp.float32)
         return CurriculumState(
             levels=example,
             score=jnp.zeros((b,), jnp.float32),
@@ -245,7 +254,7 @@ class Curriculum:
             slot_group=jnp.zeros((h,), jnp.int32),
             slot_taught=jnp.zeros((h,), bool),
             kind=jnp.asarray(NEW, jnp.int32),
-            acc={k: zeros_h for k in ACC_KEYS} | {"max_return": jnp.full((h,), -jnp.inf, jnp.float32)},
+            acc=self._fresh_acc(),
             switches=jnp.zeros((), jnp.int32),
             pool_next=jnp.zeros((), jnp.int32),
             rng=key,
@@ -261,6 +270,11 @@ class Curriculum:
             gain_sum=jnp.zeros((), jnp.float32),
             gain_count=jnp.zeros((), jnp.float32),
         )
+
+    def _fresh_acc(self) -> dict:
+        """Nothing done yet on the slots' levels (no episode's return reached: -inf)."""
+        zeros = {k: jnp.zeros((self.chosen,), jnp.float32) for k in ACC_KEYS}
+        return zeros | {"max_return": jnp.full((self.chosen,), -jnp.inf, jnp.float32)}
 
     def switches_now(self, update: jax.Array) -> jax.Array:
         return update % self.cur.level_updates == 0
@@ -324,7 +338,7 @@ class Curriculum:
             slot_group=group,
             slot_taught=taught,
             kind=kind.astype(jnp.int32),
-            acc={k: jnp.zeros_like(v) for k, v in cs.acc.items()} | {"max_return": jnp.full((self.chosen,), -jnp.inf)},
+            acc=self._fresh_acc(),
             pool_next=jnp.where(kind == NEW, (cs.pool_next + self.chosen) % pool.group.shape[0], cs.pool_next),
             rng=rng,
             group_levels=cs.group_levels.at[phase].add(jax.ops.segment_sum(
@@ -457,13 +471,17 @@ class Curriculum:
     # ------------------------------------------------------------- teacher
     def demonstrations(self, cs: CurriculumState, obs: jax.Array, allowed: jax.Array,
                        all_forbidden: jax.Array) -> jax.Array:
-        """The teacher's action on every step of the demonstrated slots, -1 elsewhere ([T, N])."""
+        """The teacher's action on every step of the demonstrated slots, -1 elsewhere ([T, N]).
+        The teacher plans and acts only in updates where some level is demonstrated."""
         teacher = self.spec.teacher
-        plans = jax.vmap(teacher.plan)(cs.slots)
-        act = jax.vmap(jax.vmap(teacher.act), in_axes=(None, 0, 0))
-        actions = act(plans, obs, allowed).astype(jnp.int32)
-        taught = self._slots(cs.slot_taught) if self.twins else cs.slot_taught
-        return jnp.where(taught[None, :] & ~all_forbidden, actions, -1)
+        taught = self._slots(cs.slot_taught)
+
+        def ask(_):
+            plans = jax.vmap(teacher.plan)(cs.slots)
+            actions = jax.vmap(jax.vmap(teacher.act), in_axes=(None, 0, 0))(plans, obs, allowed).astype(jnp.int32)
+            return jnp.where(taught[None, :] & ~all_forbidden, actions, -1)
+
+        return jax.lax.cond(taught.any(), ask, lambda _: jnp.full(all_forbidden.shape, -1, jnp.int32), None)
 
     def metrics(self, cs: CurriculumState) -> dict[str, jax.Array]:
         out = {

@@ -62,7 +62,7 @@ from aligned_rl.train.config import CONFIG_FILE, ConfigError, TrainConfig, load_
 from aligned_rl.train.curriculum import Pool, check_curriculum, curriculum_report
 from aligned_rl.train.frontier import (check_method_constitution, check_run_measure, format_interval, format_number,
                                        measurement_done, paired_statistics, run_state, seed_statistics)
-from aligned_rl.train.loop import SUMMARY_FILE, build, config_differences, train
+from aligned_rl.train.loop import SUMMARY_FILE, build, config_differences, load_run, train
 from aligned_rl.train.measure import Measurement, check_value, draw_environments, measure
 from aligned_rl.train.measure_config import MeasureConfig
 from aligned_rl.train.measure_redraw import common_units
@@ -387,16 +387,9 @@ def stage_curriculum_report(directory: Path) -> dict | None:
     """The curriculum's report (``curriculum.curriculum_report``) of the state in a run directory's
     latest checkpoint; None for a run without a curriculum.  The state is restored into the shapes
     its config gives (nothing is compiled)."""
-    config = load_run_config(directory, ["run.devices=1"])
-    if not config.curriculum.enabled:
+    if not load_run_config(directory).curriculum.enabled:
         return None
-    setup = build(config)
-    like = jax.eval_shape(setup.algo.init, jax.random.PRNGKey(config.seed), setup.env_params)
-    mngr = checkpoint.manager(directory, read_only=True)
-    try:
-        state = checkpoint.restore_state(mngr, checkpoint.find_step(mngr), like=like)
-    finally:
-        mngr.close()
+    setup, state, _ = load_run(directory)
     return curriculum_report(state.curriculum, setup.algo.curriculum.group_names)
 
 

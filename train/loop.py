@@ -27,7 +27,7 @@ import aligned_rl.envs as envs
 from aligned_rl.constitution import Constitution
 from aligned_rl.train import checkpoint, devices, plots
 from aligned_rl.train.compiled import CompiledCache
-from aligned_rl.train.curriculum import Curriculum, check_curriculum, curriculum_pool, groups_of
+from aligned_rl.train.curriculum import Curriculum, check_curriculum, curriculum_pool
 from aligned_rl.train.config import (CONFIG_FILE, ConfigError, TrainConfig, check_constitution, from_dict,
                                     load_run_config, to_dict, to_yaml)
 from aligned_rl.train.ppo import AlignedPPO, TrainState
@@ -107,8 +107,7 @@ def build(config: TrainConfig, env_params: Any = None) -> Setup:
     curriculum = None
     if cur.enabled:  # the pool the curriculum's new levels come from, in the place of the batch
         env_params = curriculum_pool(spec, env_params)
-        curriculum = Curriculum(config, spec.curriculum, groups_of(spec), config.num_updates,
-                                episodic=spec.value is None or spec.value.kind == "episodic")
+        curriculum = Curriculum.for_family(config, spec)
     algo = AlignedPPO(config, env, env.default_params, constitution, curriculum)
     mesh = devices.device_mesh(config.run.devices, "run.devices", num_envs=config.env.num_envs)
     if mesh is not None and cur.enabled:
@@ -219,10 +218,12 @@ def load_run(run_dir: str | Path, which: str = "latest") -> tuple[Setup, TrainSt
     """(setup, TrainState, update) of the ``which`` ('latest' or 'best') checkpoint of a run,
     rebuilt from its saved config on one device."""
     setup = build(load_run_config(run_dir, ["run.devices=1"]))
+    # the state's shapes alone (nothing is computed): what the checkpoint is restored into
+    like = jax.eval_shape(setup.algo.init, jax.random.PRNGKey(setup.config.seed), setup.env_params)
     mngr = checkpoint.manager(run_dir, read_only=True)
     try:
         step = checkpoint.find_step(mngr, which)
-        state = checkpoint.restore_state(mngr, step, like=initial_state(setup))
+        state = checkpoint.restore_state(mngr, step, like=like)
     finally:
         mngr.close()
     return setup, state, step

@@ -231,8 +231,8 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
         raise ConfigError(f"num_envs={n} does not split into buckets={config.buckets} equal batches")
     try:
         constitution = envs.constitution(config.env, config.constitution)
-        value = envs.spec(config.env).value
-        voiding = envs.spec(config.env).voiding
+        spec = envs.spec(config.env)
+        value, voiding = spec.value, spec.voiding
     except KeyError as err:
         raise ConfigError(str(err.args[0])) from err
     check_value(config, value)
@@ -293,7 +293,7 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
         per_env["redrawn"] = np.tile(runner.redrawn[order], runner.twins).astype(np.float64)
         bits = runner.bits
         extra["voided"] = runner.report()
-    curriculum = envs.spec(config.env).curriculum
+    curriculum = spec.curriculum
     if curriculum is not None and not stratified:  # where the agent fails: the family's groups
         group = np.asarray(jax.jit(jax.vmap(curriculum.group))(jax.tree.map(lambda x: x[:n], batch.params)))
         per_env["group"] = np.tile(group, 2 if config.antithetic else 1).astype(np.float64)

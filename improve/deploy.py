@@ -43,7 +43,7 @@ from aligned_rl.improve.config import ImproveConfig, gate_config, make_detector
 from aligned_rl.improve.lineage import Lineage, LineageError
 from aligned_rl.train.agents import PolicyAgent, restore_policy
 from aligned_rl.train.config import ConfigError, load_run_config
-from aligned_rl.train.loop import build_constitution, train
+from aligned_rl.train.loop import build_constitution, macro_env, train
 from aligned_rl.train.rollout import Rollout
 
 # ------------------------------------------------------------------------------ playing episodes
@@ -103,7 +103,8 @@ def _family(config: ImproveConfig, run_config: Any) -> Family:
     env = spec.make()
     sample = spec.sample_params(env, jax.random.PRNGKey(0), 2).params
     steps = int(np.max(np.asarray(sample.max_steps_in_episode)))
-    return Family(name, env, build_constitution(run_config), spec.value, drift_module.schedule(config.drift), steps)
+    env, constitution = macro_env(run_config, env, build_constitution(run_config))  # the agents' tools, if any
+    return Family(name, env, constitution, spec.value, drift_module.schedule(config.drift), steps)
 
 
 # ------------------------------------------------------------------------------ one deployment

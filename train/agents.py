@@ -30,8 +30,9 @@ from flax import struct
 
 import aligned_rl.envs as envs
 from aligned_rl import baselines
-from aligned_rl.constitution import Judgement, shield
+from aligned_rl.constitution import UNCONSTRAINED, Judgement, shield
 from aligned_rl.envs import IndexedObservations
+from aligned_rl.envs.macros import with_macros
 from aligned_rl.train import checkpoint
 from aligned_rl.train.config import CONFIG_FILE, ConfigError, TrainConfig, load_run_config
 from aligned_rl.train.policies import Policy, make_policy
@@ -76,6 +77,7 @@ class PolicyAgent(struct.PyTreeNode):
     greedy: bool = struct.field(pytree_node=False, default=False)
     name: str = struct.field(pytree_node=False, default="policy")
     saute: Any = struct.field(pytree_node=False, default=None)  # rollout.Saute: it observes a violation budget
+    macros: tuple = struct.field(pytree_node=False, default=())  # its tools (envs/macros.py): action A + m runs macro m
 
     @property
     def adaptive(self) -> bool:
@@ -146,6 +148,10 @@ def restore_policy(run_dir: str | Path, which: str = "latest") -> tuple[Policy, 
         env = envs.spec(config.env.name).make()
     except KeyError as err:
         raise ConfigError(str(err.args[0])) from err
+    try:  # its tools are actions too
+        env, _ = with_macros(env, UNCONSTRAINED, config.env.macros)
+    except ValueError as err:
+        raise ConfigError(f"env.macros: {err}") from err
     env_params = env.default_params
     policy = make_policy(config.ppo, int(env.action_space(env_params).n))
     obs, _ = env.reset(jax.random.PRNGKey(0), env_params)
@@ -168,7 +174,8 @@ def load_agent(run_dir: str | Path, which: str = "latest", greedy: bool = False)
     policy, params, config, _ = restore_policy(run_dir, which)
     saute = config.alignment.saute
     return PolicyAgent(policy, params, shields=config.alignment.shield, greedy=greedy, name=str(run_dir),
-                       saute=Saute(saute.budget, saute.penalty) if saute.enabled else None)
+                       saute=Saute(saute.budget, saute.penalty) if saute.enabled else None,
+                       macros=tuple(tuple(m) for m in config.env.macros))
 
 
 def _interface(family: str) -> tuple:

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aligned_rl.divergence import DIVERGENCES
+from aligned_rl.envs.macros import check_macros
 from aligned_rl.train.policies import POLICIES
 
 
@@ -35,6 +36,9 @@ class EnvConfig:
     # train on num_envs / 2 environments and their reward-negated twins (the second half pays -r), as
     # measure's antithetic pairs do; for a policy that reads its rewards (ppo.network=rl2)
     antithetic: bool = False
+    # tools: macro-actions, each a sequence of >= 2 primitive actions (e.g. [[3, 3], [1, 1]]), added to the action
+    # set by envs/macros.py (action A + m runs macro m); the constitution judges every primitive step of a macro
+    macros: list[list[int]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -285,6 +289,14 @@ def validate(config: TrainConfig) -> None:
         f"env.num_envs = {env.num_envs} does not split into ppo.num_minibatches = {ppo.num_minibatches}; "
         "choose a divisor.",
     )
+    try:
+        check_macros(env.macros, None)  # the primitive actions' range needs the family: checked in loop.build
+    except ValueError as err:
+        raise ConfigError(f"env.macros: {err}") from err
+    _require(not (env.macros and config.curriculum.teacher.enabled),
+             "env.macros with curriculum.teacher.enabled=true: the teacher demonstrates primitive actions in the "
+             "inner environment's states, which a tool-using agent does not act in; set "
+             "curriculum.teacher.enabled=false, or remove env.macros")
     _require(env.episode_length >= 0, f"env.episode_length must be >= 0 (0 = the family's own), got {env.episode_length}")
     names = ("none",) + DIVERGENCES
     _require(align.divergence in names, f"alignment.divergence must be one of {names}, got {align.divergence!r}")

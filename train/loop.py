@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 import aligned_rl.envs as envs
 from aligned_rl.constitution import Constitution
+from aligned_rl.envs.macros import with_macros
 from aligned_rl.train import checkpoint, devices, plots
 from aligned_rl.train.compiled import CompiledCache
 from aligned_rl.train.curriculum import Curriculum, check_curriculum, curriculum_pool
@@ -74,6 +75,15 @@ def build_constitution(config: TrainConfig) -> Constitution:
     )
 
 
+def macro_env(config: TrainConfig, env: Any, constitution: Constitution) -> tuple[Any, Constitution]:
+    """``env`` and ``constitution`` with the run's tools (``env.macros``) added to the action set
+    (``envs/macros.py``); unchanged without any.  The fingerprint stays the constitution's."""
+    try:
+        return with_macros(env, constitution, config.env.macros)
+    except ValueError as err:
+        raise ConfigError(f"env.macros: {err}") from err
+
+
 def build(config: TrainConfig, env_params: Any = None) -> Setup:
     """Environment, constitution, learner and the env-param batch for ``config`` (drawn from the
     family's prior with the config's seed, unless ``env_params`` gives the batch)."""
@@ -108,6 +118,7 @@ def build(config: TrainConfig, env_params: Any = None) -> Setup:
     if cur.enabled:  # the pool the curriculum's new levels come from, in the place of the batch
         env_params = curriculum_pool(spec, env_params)
         curriculum = Curriculum.for_family(config, spec)
+    env, constitution = macro_env(config, env, constitution)  # after the draw: samplers take the family's own env
     algo = AlignedPPO(config, env, env.default_params, constitution, curriculum)
     mesh = devices.device_mesh(config.run.devices, "run.devices", num_envs=config.env.num_envs)
     if mesh is not None and cur.enabled:

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import aligned_rl.envs as envs
+from aligned_rl.envs.macros import with_macros
 from aligned_rl.intelligence import Estimate, estimation_units, simple_estimate
 from aligned_rl.train import devices
 from aligned_rl.train.agents import BaselineAgent, make_agent
@@ -261,6 +262,11 @@ def measure(config: MeasureConfig, agent: Any = None, sampled: tuple[Any, Any] |
         raise ConfigError(f"{agent.name} was trained with alignment.saute and observes how many forbidden actions "
                           "it has left: without a constitution it would never spend any; measure it with the "
                           "constitution it was trained with (constitution=<name>)")
+    if getattr(agent, "macros", ()):  # an agent with tools acts in the family with its macros added
+        try:
+            env, constitution = with_macros(env, constitution, agent.macros)
+        except ValueError as err:
+            raise ConfigError(f"{agent.name}'s tools cannot act in {config.env!r}: {err}") from err
     antithetic, antithetic_source = resolve_antithetic(config.antithetic, [agent])
     config = dataclasses.replace(config, antithetic=antithetic)
     mesh = devices.device_mesh(config.devices, "devices", across_processes=True)

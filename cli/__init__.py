@@ -8,6 +8,7 @@
     aligned-rl aiq [--config FILE] [key=value ...]     every agent at every episode length of the AIQ paper
     aligned-rl frontier [--config FILE] [key=value ...]  train every method x seed, the alignment-tax frontier
     aligned-rl curriculum [--config FILE] [key=value ...]  curricula trained in stages, measured on held-out worlds
+    aligned-rl evolve [--config FILE] [key=value ...]    agents that make agents, through the gate: an archive
     aligned-rl compare <measure_dir> <measure_dir> ... [--metric M] [--output DIR]  paired differences
     aligned-rl config [--config FILE] [key=value ...]   print the resolved config
     aligned-rl envs                                      environments and their constitutions
@@ -62,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     configured(sub, "curriculum", "curricula compared: every method trained for several seeds in stages, each "
                "stage measured on held-out worlds", "docs/curriculum.md",
                "train=configs/gridworld_island.yaml stages=4 measure.num_envs=1024")
+
+    configured(sub, "evolve", "broad self-improvement: agents edit their genome and make new agents, each admitted "
+               "through the gate into a durable archive", "configs/evolve_*.yaml",
+               "generations=2 children=2 child_steps=65536")
 
     cmp = sub.add_parser("compare", help="agents measured on the same environments, with paired CIs")
     cmp.add_argument("runs", nargs="+", help="output directories of aligned-rl measure; the first is the reference")
@@ -129,6 +134,12 @@ def _run(args: argparse.Namespace) -> int:
             return _frontier(args)
         if args.command == "curriculum":
             return _curriculum(args)
+        if args.command == "evolve":
+            from aligned_rl.improve.evolve import evolve
+            from aligned_rl.improve.evolve_config import load_evolve_config
+            from aligned_rl.improve.evolve_report import FILES, markdown
+
+            return _report_command(args, load_evolve_config, evolve, markdown, FILES)
         if args.command == "improve":
             from aligned_rl.improve.config import load_improve_config
             from aligned_rl.improve.deploy import improve

@@ -140,19 +140,20 @@ class Lineage:
             raise LineageError(f"{self.directory} has no version {version!r}; it has {self.versions()}")
         return path
 
-    def add_version(self, write: Callable[[Path], None], parent: str | None = None, **data: Any) -> str:
+    def add_version(self, write: Callable[[Path], dict | None], parent: str | None = None, **data: Any) -> str:
         """A new version: ``write(directory)`` fills a fresh directory, which then appears whole
-        under ``versions/`` (or not at all, if the process dies first)."""
+        under ``versions/`` (or not at all, if the process dies first); what ``write`` returns
+        (a dict, or None) is recorded in the version's event with ``data``."""
         if parent is not None:
             self.version_dir(parent)
         version = f"v{len(self.versions()) + 1:04d}"
         tmp = self.directory / VERSIONS / f".tmp-{version}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        write(tmp)
+        found = write(tmp) or {}
         os.rename(tmp, self.directory / VERSIONS / version)
         _fsync_dir(self.directory / VERSIONS)
-        self.record("version", version=version, parent=parent, **data)
+        self.record("version", version=version, parent=parent, **data, **found)
         return version
 
     # ------------------------------------------------------------------ the pointer

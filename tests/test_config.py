@@ -230,6 +230,10 @@ def test_every_shipped_config_loads(name, capsys):
         from aligned_rl.train.frontier import load_frontier_config
 
         load_frontier_config(str(path))
+    elif "\nchild_steps:" in text:  # aligned-rl evolve
+        from aligned_rl.improve.evolve_config import load_evolve_config
+
+        load_evolve_config(str(path))
     elif "\nagents:" in text:  # aligned-rl improve
         from aligned_rl.improve.config import load_improve_config
 

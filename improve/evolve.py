@@ -113,13 +113,17 @@ class Evolution:
         return measure(m, agent=agent, sampled=sampled)
 
     def summary(self, measurement: Any) -> dict:
-        """Upsilon, Sigma, forbidden rate (each with its 95% CI) and the rest of the estimates."""
+        """Upsilon, Sigma, forbidden rate (each with its 95% CI: the mean over environments of each
+        environment's rate), the pooled forbidden rate the gate bounds (all forbidden actions, cut
+        macros included, over all steps) and the rest of the estimates."""
         est = measurement.report["estimates"]
+        violations, steps = counts(measurement.per_env, self.episodic, self.config.measure.episode_length)
         primary = self.names and next(iter(self.names))
         out = {"upsilon": est[primary]}
         if "sigma_aligned" in est:
             out["sigma"], out["forbidden_rate"] = est["sigma_aligned"], est["forbidden_rate"]
         out.update({k: v for k, v in est.items() if k not in (primary, "sigma_aligned", "forbidden_rate")})
+        out["forbidden_pooled"] = {"violations": violations, "steps": steps, "rate": violations / steps}
         return out
 
     def measure_node(self, node: Node) -> None:
@@ -136,6 +140,32 @@ class Evolution:
             m = self._measure(None, dataclasses.replace(self.config.measure, agent=name), self.sampled)
             self.archive.record_values(f"baseline-{name}", m.per_env)
             self.archive.record("baseline", name=name, estimates=self.summary(m))
+
+    def heldout_config(self) -> MeasureConfig:
+        """Environments no choice was made on: the measurement's settings with a seed of their own."""
+        seed = int(np.random.default_rng([self.config.seed, 11]).integers(2**31 - 1))
+        return dataclasses.replace(self.config.measure, seed=seed)
+
+    def measure_heldout(self) -> None:
+        """The champion, the ancestor and every baseline, measured again on held-out environments:
+        the champion was chosen for its Upsilon on the archive's environments, so its lead there is
+        biased upward (the winner's curse); the report compares them here."""
+        recorded = {e["data"]["name"] for e in self.archive.events() if e["kind"] == "heldout"}
+        nodes = self.archive.nodes()
+        ancestor = next(k for k, n in nodes.items() if n.parent is None)
+        wanted = list(dict.fromkeys([self.archive.champion(), ancestor]))
+        wanted += [f"baseline-{b}" for b in self.config.baselines]
+        m, sampled = self.heldout_config(), None
+        for name in wanted:
+            if name in recorded:
+                continue
+            sampled = sampled or draw_environments(m)
+            if name.startswith("baseline-"):
+                result = self._measure(None, dataclasses.replace(m, agent=name[len("baseline-"):]), sampled)
+            else:
+                result = self._measure(load_agent(self.archive.run_dir(name)), m, sampled)
+            self.archive.record_values(f"heldout-{name}", result.per_env)
+            self.archive.record("heldout", name=name, seed=m.seed, estimates=self.summary(result))
 
     def evidence(self, run_dir: Path, m: MeasureConfig, sampled) -> tuple[Evidence, dict]:
         """The gate's evidence on an agent: its values, forbidden actions and steps on ``sampled``,
@@ -287,6 +317,9 @@ class Evolution:
                         f"generation {generation}: {outcomes.count('admitted')} admitted, "
                         f"{outcomes.count('rejected')} rejected, {outcomes.count('refused')} refused; "
                         f"champion {champion} Upsilon {u:.4f}"))
+            task = progress.add_task("the champion, the ancestor and the baselines on held-out environments", total=1)
+            self.measure_heldout()
+            progress.update(task, completed=1)
         return write_report(self, time.perf_counter() - started, command)
 
 

@@ -30,6 +30,11 @@ def _cell(e: dict | None, digits: int = 4) -> str:
     return f"{e['mean']:.{digits}f} [{e['ci95_low']:.{digits}f}, {e['ci95_high']:.{digits}f}]"
 
 
+def _pooled(measured: dict) -> str:
+    p = measured.get("forbidden_pooled")
+    return "-" if p is None else f"{p['rate']:.2e}"
+
+
 def _paired(evolution: Any, a: str, b: str) -> dict:
     """Upsilon(a) - Upsilon(b) over the archive's environments, paired, with its 95% CI."""
     key = evolution.names[next(iter(evolution.names))]
@@ -86,12 +91,14 @@ def summarise(evolution: Any) -> dict:
     for e in edit_kinds.values():
         e["total_improvement"] = float(sum(e["improvements"]))
     first = sorted(k for k, n in measured.items() if n.generation <= 1)
+    heldout = {e["data"]["name"]: e["data"] for e in archive.events() if e["kind"] == "heldout"}
     comparisons = {}
-    if champion is not None and ancestor is not None and champion != ancestor:
-        comparisons["champion_minus_ancestor"] = _paired(evolution, champion, ancestor)
-    for name in archive.baselines():
-        if champion is not None:
-            comparisons[f"champion_minus_{name}"] = _paired(evolution, champion, f"baseline-{name}")
+    if champion is not None and f"{champion}" in heldout:
+        others = ([ancestor] if ancestor != champion else []) + [f"baseline-{b}" for b in archive.baselines()]
+        for other in others:
+            if other in heldout:
+                comparisons[f"champion_minus_{other.replace('baseline-', '')}"] = _paired(
+                    evolution, f"heldout-{champion}", f"heldout-{other}")
     forbidden_admitted = [n.measured.get("forbidden_rate") for n in measured.values() if n.admitted]
     return {
         "family": config.measure.env,
@@ -120,6 +127,8 @@ def summarise(evolution: Any) -> dict:
         "edits": edit_kinds,
         "credit": table,
         "rankings_first_generations": rankings(table, first) if first else {},
+        "heldout": {"seed": next(iter(heldout.values()))["seed"] if heldout else None,
+                    "estimates": {k: v["estimates"] for k, v in heldout.items()}},
         "comparisons": comparisons,
         "admitted_forbidden_rate_max": max((e["mean"] for e in forbidden_admitted if e), default=None),
         "budget_stop": [e["data"] for e in archive.events() if e["kind"] == "budget"],
@@ -134,7 +143,7 @@ def markdown(report: dict) -> str:
              f"{report['measure']['seed']}, antithetic {report['measure']['antithetic']}); gate: delta "
              f"{report['gate']['delta']}, budget {report['gate']['budget']}, margin {report['gate']['margin']}, "
              f"{report['gate']['num_envs']} fresh environments per child.", "",
-             "| agent | parent | edit | gen | genome | Upsilon | Sigma | forbidden rate | decision |",
+             "| agent | parent | edit | gen | genome | Upsilon | Sigma | forbidden rate (pooled) | decision |",
              "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | --- |"]
     for k, n in report["nodes"].items():
         m = n["measured"] or {}
@@ -148,8 +157,8 @@ def markdown(report: dict) -> str:
         else:
             why = n["reasons"][0][:200]
         lines.append(f"| {k} | {n['parent'] or ''} | {n['edit']} | {n['generation']} | {genome} | "
-                     f"{_cell(m.get('upsilon'))} | {_cell(m.get('sigma'))} | {_cell(m.get('forbidden_rate'))} | "
-                     f"{n['status']}{': ' + why if why else ''} |")
+                     f"{_cell(m.get('upsilon'))} | {_cell(m.get('sigma'))} | {_cell(m.get('forbidden_rate'))} "
+                     f"({_pooled(m)}) | {n['status']}{': ' + why if why else ''} |")
     if report["refused"]:
         lines += ["", "Refused before training:", ""]
         lines += [f"- generation {r['generation']} slot {r['slot']}, {r['edit']} of {r['parent']}: {r['reason']}"
@@ -159,8 +168,15 @@ def markdown(report: dict) -> str:
         for name, est in report["baselines"].items():
             lines.append(f"| {name} | {_cell(est.get('upsilon'))} | {_cell(est.get('sigma'))} | "
                          f"{_cell(est.get('forbidden_rate'))} |")
+    if report["heldout"]["estimates"]:
+        lines += ["", f"On {report['measure']['num_envs']} held-out environments (seed {report['heldout']['seed']}), "
+                  "where no choice was made (the champion was chosen on the archive's environments):", "",
+                  "| agent | Upsilon | Sigma | forbidden rate |", "| --- | ---: | ---: | ---: |"]
+        for name, est in report["heldout"]["estimates"].items():
+            lines.append(f"| {name} | {_cell(est.get('upsilon'))} | {_cell(est.get('sigma'))} | "
+                         f"{_cell(est.get('forbidden_rate'))} |")
     if report["comparisons"]:
-        lines += ["", "| paired difference of Upsilon | mean [95% CI] |", "| --- | ---: |"]
+        lines += ["", "| paired difference of Upsilon, held-out environments | mean [95% CI] |", "| --- | ---: |"]
         lines += [f"| {k.replace('_', ' ')} | {_cell(v)} |" for k, v in report["comparisons"].items()]
     lines += ["", f"Credit (discount {report['credit_discount']}):", "",
               "| agent | own | best descendant | clade productivity | lineage credit | descendants (admitted) |",

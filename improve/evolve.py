@@ -114,17 +114,29 @@ class Evolution:
 
     def summary(self, measurement: Any) -> dict:
         """Upsilon, Sigma, forbidden rate (each with its 95% CI: the mean over environments of each
-        environment's rate), the pooled forbidden rate the gate bounds (all forbidden actions, cut
-        macros included, over all steps) and the rest of the estimates."""
+        environment's rate) and the rest of the estimates."""
         est = measurement.report["estimates"]
-        violations, steps = counts(measurement.per_env, self.episodic, self.config.measure.episode_length)
         primary = self.names and next(iter(self.names))
         out = {"upsilon": est[primary]}
         if "sigma_aligned" in est:
             out["sigma"], out["forbidden_rate"] = est["sigma_aligned"], est["forbidden_rate"]
         out.update({k: v for k, v in est.items() if k not in (primary, "sigma_aligned", "forbidden_rate")})
-        out["forbidden_pooled"] = {"violations": violations, "steps": steps, "rate": violations / steps}
         return out
+
+    def steps_per_episode(self, name: str) -> float | None:
+        """Environment (primitive) steps per episode of a measured node, in an episodic family (a
+        tool's macro is as many steps as the primitives it ran)."""
+        if not self.episodic:
+            return None
+        v = self.archive.values(name)
+        per_episode = v.get("env/primitive_steps", v["episode_length"])  # per episode either way
+        return float(np.mean(per_episode))
+
+    def pooled(self, name: str) -> dict:
+        """The pooled forbidden rate the gate bounds of a measured node or baseline (``name`` as
+        its values are stored): all forbidden actions, cut macros included, over all steps."""
+        violations, steps = counts(self.archive.values(name), self.episodic, self.config.measure.episode_length)
+        return {"violations": violations, "steps": steps, "rate": violations / steps}
 
     def measure_node(self, node: Node) -> None:
         agent = load_agent(self.archive.run_dir(node.id))

@@ -30,9 +30,8 @@ def _cell(e: dict | None, digits: int = 4) -> str:
     return f"{e['mean']:.{digits}f} [{e['ci95_low']:.{digits}f}, {e['ci95_high']:.{digits}f}]"
 
 
-def _pooled(measured: dict) -> str:
-    p = measured.get("forbidden_pooled")
-    return "-" if p is None else f"{p['rate']:.2e}"
+def _pooled(node: dict) -> str:
+    return "-" if node.get("forbidden_pooled") is None else f"{node['forbidden_pooled']['rate']:.2e}"
 
 
 def _paired(evolution: Any, a: str, b: str) -> dict:
@@ -69,7 +68,8 @@ def summarise(evolution: Any) -> dict:
             "refused": len([r for r in archive.refused() if r["generation"] == g]),
             "best_upsilon": max((n.upsilon() for n in members), default=None),
             "members": {n.id: {"upsilon": n.measured["upsilon"], "sigma": n.measured.get("sigma"),
-                               "forbidden_rate": n.measured.get("forbidden_rate"), "status": n.status}
+                               "forbidden_rate": n.measured.get("forbidden_rate"),
+                               "forbidden_pooled": evolution.pooled(n.id)["rate"], "status": n.status}
                         for n in members},
         })
     edit_kinds: dict[str, dict] = {}
@@ -99,7 +99,6 @@ def summarise(evolution: Any) -> dict:
             if other in heldout:
                 comparisons[f"champion_minus_{other.replace('baseline-', '')}"] = _paired(
                     evolution, f"heldout-{champion}", f"heldout-{other}")
-    forbidden_admitted = [n.measured.get("forbidden_rate") for n in measured.values() if n.admitted]
     return {
         "family": config.measure.env,
         "constitution": config.measure.constitution,
@@ -117,6 +116,8 @@ def summarise(evolution: Any) -> dict:
         "nodes": {k: {"parent": n.parent, "edit": n.edit, "generation": n.generation, "slot": n.slot,
                       "genome": n.genome, "detail": n.detail, "env_steps": n.env_steps, "status": n.status,
                       "reasons": n.reasons, "measured": n.measured,
+                      "forbidden_pooled": None if n.measured is None else evolution.pooled(k),
+                      "steps_per_episode": None if n.measured is None else evolution.steps_per_episode(k),
                       "gate": None if n.gate is None else {k2: n.gate[k2] for k2 in (
                           "lower_bound", "mean_difference", "forbidden_upper_bound",
                           "forbidden_excess_upper_bound", "checks")}}
@@ -130,7 +131,10 @@ def summarise(evolution: Any) -> dict:
         "heldout": {"seed": next(iter(heldout.values()))["seed"] if heldout else None,
                     "estimates": {k: v["estimates"] for k, v in heldout.items()}},
         "comparisons": comparisons,
-        "admitted_forbidden_rate_max": max((e["mean"] for e in forbidden_admitted if e), default=None),
+        "admitted_forbidden_pooled_max": max((evolution.pooled(k)["rate"] for k, n in measured.items()
+                                              if n.admitted), default=None),
+        "baselines_forbidden_pooled": {name: evolution.pooled(f"baseline-{name}")["rate"]
+                                       for name in archive.baselines()},
         "budget_stop": [e["data"] for e in archive.events() if e["kind"] == "budget"],
     }
 
@@ -143,8 +147,9 @@ def markdown(report: dict) -> str:
              f"{report['measure']['seed']}, antithetic {report['measure']['antithetic']}); gate: delta "
              f"{report['gate']['delta']}, budget {report['gate']['budget']}, margin {report['gate']['margin']}, "
              f"{report['gate']['num_envs']} fresh environments per child.", "",
-             "| agent | parent | edit | gen | genome | Upsilon | Sigma | forbidden rate (pooled) | decision |",
-             "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | --- |"]
+             "| agent | parent | edit | gen | genome | Upsilon | Sigma | forbidden rate (pooled) | steps per episode "
+             "| decision |",
+             "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
     for k, n in report["nodes"].items():
         m = n["measured"] or {}
         g = n["genome"]
@@ -158,16 +163,17 @@ def markdown(report: dict) -> str:
             why = n["reasons"][0][:200]
         lines.append(f"| {k} | {n['parent'] or ''} | {n['edit']} | {n['generation']} | {genome} | "
                      f"{_cell(m.get('upsilon'))} | {_cell(m.get('sigma'))} | {_cell(m.get('forbidden_rate'))} "
-                     f"({_pooled(m)}) | {n['status']}{': ' + why if why else ''} |")
+                     f"({_pooled(n)}) | {'-' if n['steps_per_episode'] is None else round(n['steps_per_episode'], 1)} "
+                     f"| {n['status']}{': ' + why if why else ''} |")
     if report["refused"]:
         lines += ["", "Refused before training:", ""]
         lines += [f"- generation {r['generation']} slot {r['slot']}, {r['edit']} of {r['parent']}: {r['reason']}"
                   for r in report["refused"]]
     if report["baselines"]:
-        lines += ["", "| baseline | Upsilon | Sigma | forbidden rate |", "| --- | ---: | ---: | ---: |"]
+        lines += ["", "| baseline | Upsilon | Sigma | forbidden rate (pooled) |", "| --- | ---: | ---: | ---: |"]
         for name, est in report["baselines"].items():
             lines.append(f"| {name} | {_cell(est.get('upsilon'))} | {_cell(est.get('sigma'))} | "
-                         f"{_cell(est.get('forbidden_rate'))} |")
+                         f"{_cell(est.get('forbidden_rate'))} ({report['baselines_forbidden_pooled'][name]:.2e}) |")
     if report["heldout"]["estimates"]:
         lines += ["", f"On {report['measure']['num_envs']} held-out environments (seed {report['heldout']['seed']}), "
                   "where no choice was made (the champion was chosen on the archive's environments):", "",
@@ -240,6 +246,7 @@ def plot_lineage(report: dict, path: Path) -> None:
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=7, title="edit (hollow: rejected)", title_fontsize=7)
+    ax.set_xticks(sorted({n["generation"] for n in nodes.values()}))
     ax.set_xlabel("generation")
     ax.set_ylabel("Upsilon over the archive's environments")
     ax.set_title(f"{report['family']}: lineage tree, champion {report['champion']}", fontsize=9)
@@ -251,7 +258,7 @@ def plot_lineage(report: dict, path: Path) -> None:
 def plot_generations(report: dict, path: Path) -> None:
     """Upsilon, Sigma and the forbidden rate of every measured agent against its generation."""
     plt = _plt()
-    keys = [("upsilon", "Upsilon"), ("sigma", "Sigma (V')"), ("forbidden_rate", "forbidden-action rate")]
+    keys = [("upsilon", "Upsilon"), ("sigma", "Sigma (V')"), ("forbidden_pooled", "pooled forbidden rate")]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), dpi=100)
     for ax, (key, label) in zip(axes, keys):
         for g in report["generations"]:
@@ -259,15 +266,19 @@ def plot_generations(report: dict, path: Path) -> None:
                 e = member.get(key)
                 if e is None:
                     continue
+                if not isinstance(e, dict):  # a rate without an interval
+                    e = {"mean": e}
                 admitted = member["status"] == "admitted"
                 low, high = e.get("ci95_low", e["mean"]), e.get("ci95_high", e["mean"])
                 ax.errorbar([g["generation"]], [e["mean"]], yerr=[[e["mean"] - low], [high - e["mean"]]],
                             fmt="o" if admitted else "x", color="C0" if admitted else "C3", ms=4, lw=0.8)
-        if key == "forbidden_rate":
+        if key == "forbidden_pooled":
             ax.axhline(report["gate"]["budget"], ls="--", color="C3", lw=0.8, label="gate budget")
             ax.legend(fontsize=7)
         ax.set_xlabel("generation")
-        ax.set_title(f"{label} (o admitted, x rejected; 95% CI)", fontsize=8)
+        ax.set_title(f"{label} (o admitted, x rejected" + ("; 95% CI)" if key != "forbidden_pooled" else ")"),
+                     fontsize=8)
+        ax.set_xticks(range(len(report["generations"])))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

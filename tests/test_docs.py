@@ -229,6 +229,10 @@ def check_aligned_rl(args: list[str]) -> None:
         from aligned_rl.train.curriculum_compare import load_curriculum_config
 
         load_curriculum_config(ns.config, ns.overrides)
+    elif ns.command == "evolve":  # the ancestor's training config loads, the budget fits a generation
+        from aligned_rl.improve.evolve_config import load_evolve_config
+
+        load_evolve_config(ns.config, ns.overrides)
     elif ns.command == "improve":
         from aligned_rl.improve.config import load_improve_config
 

@@ -109,14 +109,11 @@ class Evolution:
             self._sampled = draw_environments(self.config.measure)
         return self._sampled
 
-    def _measure(self, agent: Any, m: MeasureConfig, sampled=None) -> Any:
-        return measure(m, agent=agent, sampled=sampled)
-
     def summary(self, measurement: Any) -> dict:
         """Upsilon, Sigma, forbidden rate (each with its 95% CI: the mean over environments of each
         environment's rate) and the rest of the estimates."""
         est = measurement.report["estimates"]
-        primary = self.names and next(iter(self.names))
+        primary = next(iter(self.names))
         out = {"upsilon": est[primary]}
         if "sigma_aligned" in est:
             out["sigma"], out["forbidden_rate"] = est["sigma_aligned"], est["forbidden_rate"]
@@ -140,7 +137,7 @@ class Evolution:
 
     def measure_node(self, node: Node) -> None:
         agent = load_agent(self.archive.run_dir(node.id))
-        m = self._measure(agent, self.config.measure, self.sampled)
+        m = measure(self.config.measure, agent, self.sampled)
         self.archive.record_values(node.id, m.per_env)
         self.archive.record("measured", node=node.id, estimates=self.summary(m))
 
@@ -149,7 +146,7 @@ class Evolution:
         for name in self.config.baselines:
             if name in done:
                 continue
-            m = self._measure(None, dataclasses.replace(self.config.measure, agent=name), self.sampled)
+            m = measure(dataclasses.replace(self.config.measure, agent=name), None, self.sampled)
             self.archive.record_values(f"baseline-{name}", m.per_env)
             self.archive.record("baseline", name=name, estimates=self.summary(m))
 
@@ -173,16 +170,16 @@ class Evolution:
                 continue
             sampled = sampled or draw_environments(m)
             if name.startswith("baseline-"):
-                result = self._measure(None, dataclasses.replace(m, agent=name[len("baseline-"):]), sampled)
+                result = measure(dataclasses.replace(m, agent=name[len("baseline-"):]), None, sampled)
             else:
-                result = self._measure(load_agent(self.archive.run_dir(name)), m, sampled)
+                result = measure(m, load_agent(self.archive.run_dir(name)), sampled)
             self.archive.record_values(f"heldout-{name}", result.per_env)
             self.archive.record("heldout", name=name, seed=m.seed, estimates=self.summary(result))
 
     def evidence(self, run_dir: Path, m: MeasureConfig, sampled) -> tuple[Evidence, dict]:
         """The gate's evidence on an agent: its values, forbidden actions and steps on ``sampled``,
         and the fingerprint of the constitution its own run was trained under."""
-        measured = self._measure(load_agent(run_dir), m, sampled)
+        measured = measure(m, load_agent(run_dir), sampled)
         per_env = measured.per_env
         violations, steps = counts(per_env, self.episodic, m.episode_length)
         value = per_env[self.names[next(iter(self.names))]]

@@ -14,6 +14,8 @@
   (:mod:`aligned_rl.improve.tools`) join its action set; the actor's head gets a column per
   new action (zero weights, a bias of ``TOOL_BIAS`` below the primitives' mean, so each starts
   rarely chosen), everything else is kept.
+* ``more_steps``: the control, the parent itself trained ``child_steps`` more: every edit that
+  keeps the parent's weights also trains on, and this says how much the training alone brings.
 * ``new_agent``: the parent configures an agent of another kind, an RL^2 agent with
   ``edit.memory_size`` units of memory, the parent's first trunk width and learning rate, and
   its tools; the child is trained from scratch.
@@ -31,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from aligned_rl.improve import growth, tools
-from aligned_rl.improve.evolve_config import EvolveConfig
+from aligned_rl.improve.evolve_config import EDITS, EvolveConfig
 from aligned_rl.improve.genome import Genome, GenomeError
 from aligned_rl.train.agents import PolicyAgent, restore_policy
 from aligned_rl.train.config import TrainConfig
@@ -62,6 +64,7 @@ def applicable(genome: Genome, config: EvolveConfig, episodic: bool) -> list[str
         "distil": mlp and min(genome.hidden_sizes) * e.distil_factor >= 8,
         "tool": mlp and episodic and len(genome.macros) + e.tool_count <= e.max_tools,
         "new_agent": mlp,
+        "more_steps": True,
     }
     return [k for k, w in dataclasses.asdict(config.edits).items() if w > 0 and ok[k]]
 
@@ -133,10 +136,12 @@ def make_child(kind: str, parent_run: str, config: EvolveConfig, seed: int) -> C
                               "sequence it does not have already")
         child = genome.edit(macros=genome.macros + tuple(tuple(m) for m in new))
         return Child(child, add_actions(params, len(new)), steps, {"tools": [list(m) for m in new]})
+    if kind == "more_steps":
+        return Child(genome, params, steps, {})
     if kind == "new_agent":
         child = genome.edit(network="rl2", memory_size=e.memory_size, hidden_sizes=genome.hidden_sizes[:1])
         return Child(child, None, config.new_agent_steps or steps, {"kind": "rl2", "memory_size": e.memory_size})
-    raise GenomeError(f"unknown edit {kind!r}; the edits are hyper, widen, deepen, distil, tool, new_agent")
+    raise GenomeError(f"unknown edit {kind!r}; the edits are {', '.join(EDITS)}")
 
 
 def add_actions(params: Any, count: int) -> Any:

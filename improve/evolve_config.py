@@ -16,7 +16,7 @@ from aligned_rl.train.aiq_table import given_measure_keys
 from aligned_rl.train.config import ConfigError, TrainConfig, check_ranges, load_config, merge_layers
 from aligned_rl.train.measure_config import MeasureConfig, check_measure_config
 
-EDITS = ("hyper", "widen", "deepen", "distil", "tool", "new_agent")
+EDITS = ("hyper", "widen", "deepen", "distil", "tool", "new_agent", "more_steps")
 RULES = ("score", "thompson")
 
 
@@ -30,6 +30,9 @@ class EditWeights:
     distil: float = 1.0  # a smaller feed-forward child distilled from the parent, then trained
     tool: float = 0.0  # macro-actions mined from the parent's successful episodes (episodic families)
     new_agent: float = 1.0  # the parent configures and trains an agent of another kind (RL^2), from scratch
+    # the control: the parent itself, trained child_steps more (every edit that keeps the parent's weights also
+    # trains on; this says how much of its gain the extra training alone brings)
+    more_steps: float = 0.0
 
 
 @dataclasses.dataclass

@@ -289,3 +289,32 @@ def test_the_archive_survives_kill_9(evolved, tmp_path):
     assert not list((killed / "versions").glob(".tmp-*"))
     with pytest.raises(ArchiveError):
         Archive.open_or_create(killed, "safe_zone", "f" * 16, {})
+
+
+def test_edits_of_a_trained_ancestor(evolved):
+    """Each edit through the archive's own path: the control keeps the parent whole, widening starts
+    where the parent is, the new agent is of another kind and starts from scratch."""
+    import jax
+
+    from aligned_rl.improve.edits import make_child
+    from aligned_rl.train.agents import restore_policy
+    from aligned_rl.train.policies import make_policy
+
+    path, out, _ = evolved
+    config = load_evolve_config(str(path), [f"output={out}"])
+    run = str(out / "versions" / "v0001" / "run")
+    policy, params, run_config, _ = restore_policy(run)
+    genome = Genome.of(run_config)
+    more = make_child("more_steps", run, config, 0)
+    assert more.genome == genome and more.steps == config.child_steps
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(more.start), jax.tree.leaves(params)))
+    hyper = make_child("hyper", run, config, 0)
+    assert hyper.genome.lr / genome.lr in (pytest.approx(0.8), pytest.approx(1.25))
+    assert hyper.genome.hidden_sizes == genome.hidden_sizes
+    wide = make_child("widen", run, config, 0)
+    assert wide.genome.hidden_sizes == (32, 32)
+    child = make_policy(wide.genome.apply(run_config).ppo, policy.num_actions)
+    obs = jax.random.normal(jax.random.PRNGKey(3), (32, 4))
+    np.testing.assert_allclose(child.logits(wide.start, obs), policy.logits(params, obs), rtol=0, atol=1e-5)
+    new = make_child("new_agent", run, config, 0)
+    assert new.genome.network == "rl2" and new.start is None and new.genome.lr == genome.lr

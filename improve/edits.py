@@ -16,6 +16,8 @@
   rarely chosen), everything else is kept.
 * ``more_steps``: the control, the parent itself trained ``child_steps`` more: every edit that
   keeps the parent's weights also trains on, and this says how much the training alone brings.
+* ``curriculum``: the child trains on with a curriculum (``train/curriculum.py``: prioritised level
+  replay, scored by the positive value loss, or by learnability where the family says what success is).
 * ``new_agent``: the parent configures an agent of another kind, an RL^2 agent with
   ``edit.memory_size`` units of memory, the parent's first trunk width and learning rate, and
   its tools; the child is trained from scratch.
@@ -32,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import aligned_rl.envs as envs
 from aligned_rl.improve import growth, tools
 from aligned_rl.improve.evolve_config import EDITS, EvolveConfig
 from aligned_rl.improve.genome import Genome, GenomeError
@@ -65,6 +68,7 @@ def applicable(genome: Genome, config: EvolveConfig, episodic: bool) -> list[str
         "tool": mlp and episodic and len(genome.macros) + e.tool_count <= e.max_tools,
         "new_agent": mlp,
         "more_steps": True,
+        "curriculum": not genome.curriculum and not genome.macros,  # a tool agent acts in states the teacher does not
     }
     return [k for k, w in dataclasses.asdict(config.edits).items() if w > 0 and ok[k]]
 
@@ -138,6 +142,11 @@ def make_child(kind: str, parent_run: str, config: EvolveConfig, seed: int) -> C
         return Child(child, add_actions(params, len(new)), steps, {"tools": [list(m) for m in new]})
     if kind == "more_steps":
         return Child(genome, params, steps, {})
+    if kind == "curriculum":  # prioritised replay by a score the family supports
+        spec = envs.spec(run_config.env.name).curriculum
+        scores = ["value_loss"] + (["learnability"] if spec is not None else [])
+        score = str(rng.choice(scores))
+        return Child(genome.edit(curriculum=True, curriculum_score=score), params, steps, {"score": score})
     if kind == "new_agent":
         child = genome.edit(network="rl2", memory_size=e.memory_size, hidden_sizes=genome.hidden_sizes[:1])
         return Child(child, None, config.new_agent_steps or steps, {"kind": "rl2", "memory_size": e.memory_size})

@@ -44,10 +44,10 @@ from aligned_rl.improve import edits
 from aligned_rl.improve.archive import Archive, Node
 from aligned_rl.improve.credit import select_parent
 from aligned_rl.improve.evolve_config import EvolveConfig, base_config, gate_config, steps_of_generation
-from aligned_rl.improve.genome import Genome, GenomeError, protected_differences, protected_settings
+from aligned_rl.improve.genome import Genome, protected_differences, protected_settings
 from aligned_rl.train.agents import load_agent
 from aligned_rl.train.config import ConfigError, TrainConfig, load_run_config
-from aligned_rl.train.loop import build_constitution, train
+from aligned_rl.train.loop import TrainingDiverged, build_constitution, train
 from aligned_rl.train.measure import draw_environments, estimated, measure
 from aligned_rl.train.measure_config import MeasureConfig
 
@@ -275,12 +275,13 @@ class Evolution:
             try:
                 child = edits.make_child(kind, str(self.archive.run_dir(parent)), self.config, seed)
                 child.genome.apply(self.base)
-            except GenomeError as err:
+                node_id = self.train_node(child.genome, child.start, child.steps, seed, generation, slot, parent,
+                                          kind, child.detail)
+            except (ConfigError, TrainingDiverged) as err:  # a genome the learner refuses; a child whose loss blew up
+                what = "training diverged: " if isinstance(err, TrainingDiverged) else ""
                 self.archive.record("refused", generation=generation, slot=slot, parent=parent, edit=kind,
-                                    reason=str(err))
+                                    reason=what + str(err))
                 return "refused"
-            node_id = self.train_node(child.genome, child.start, child.steps, seed, generation, slot, parent,
-                                      kind, child.detail)
             done = self.archive.nodes()[node_id]
         if done.status == "pending" and done.measured is None and not self.refuse_protected(done):
             self.measure_node(done)

@@ -318,3 +318,22 @@ def test_edits_of_a_trained_ancestor(evolved):
     np.testing.assert_allclose(child.logits(wide.start, obs), policy.logits(params, obs), rtol=0, atol=1e-5)
     new = make_child("new_agent", run, config, 0)
     assert new.genome.network == "rl2" and new.start is None and new.genome.lr == genome.lr
+
+
+def test_the_curriculum_edit_and_a_refused_child_are_recorded(evolved, tmp_path):
+    """A curriculum child trains with prioritised replay; a child the learner refuses is kept as
+    refused, with the reason, and the evolution goes on."""
+    from aligned_rl.improve.edits import make_child
+
+    path, out, _ = evolved
+    config = load_evolve_config(str(path), [f"output={out}"])
+    child = make_child("curriculum", str(out / "versions" / "v0001" / "run"), config, 0)
+    assert child.genome.curriculum and child.genome.curriculum_score == "value_loss"  # CartPole: no success defined
+    copy = tmp_path / "archive"
+    shutil.copytree(out, copy)
+    evolution = Evolution(load_evolve_config(str(path), [f"output={copy}", "edits.curriculum=1", "edits.hyper=0",
+                                                         "edits.widen=0"]))
+    evolution.base.curriculum.pool_size = 2  # a pool smaller than a batch: the learner refuses the child
+    assert evolution.fill_slot(2, 0) == "refused"
+    refused = evolution.archive.refused()[-1]
+    assert refused["edit"] == "curriculum" and "pool" in refused["reason"]

@@ -97,7 +97,8 @@ def summarise(evolution: Any) -> dict:
         others = ([ancestor] if ancestor != champion else []) + [f"baseline-{b}" for b in archive.baselines()]
         for other in others:
             if other in heldout:
-                comparisons[f"champion_minus_{other.replace('baseline-', '')}"] = _paired(
+                label = "ancestor" if other == ancestor else other.replace("baseline-", "")
+                comparisons[f"champion_minus_{label}"] = _paired(
                     evolution, f"heldout-{champion}", f"heldout-{other}")
     return {
         "family": config.measure.env,
@@ -108,6 +109,7 @@ def summarise(evolution: Any) -> dict:
                     "value": evolution.names[next(iter(evolution.names))]},
         "gate": {"delta": config.gate.delta, "budget": config.gate.budget, "margin": config.gate.margin,
                  "num_envs": config.gate.num_envs},
+        "seed": config.seed,
         "selection": config.selection.rule,
         "credit_discount": config.credit_discount,
         "env_steps": int(sum(n.env_steps for n in nodes.values())),
@@ -315,3 +317,40 @@ def write_report(evolution: Any, seconds: float, command: str = "") -> dict:
     plot_generations(report, out / FILES[3])
     plot_credit(report, out / FILES[4])
     return report
+
+
+# ------------------------------------------------------------------------------ several evolutions
+def across_evolutions(outputs: list[str]) -> dict:
+    """Evolutions of one config with different seeds, side by side: per evolution, the held-out
+    paired differences of its champion, and over evolutions the mean of each with a Student-t 95%
+    interval (``train.frontier.seed_interval``)."""
+    from aligned_rl.train.frontier import seed_interval
+
+    reports = {path: json.loads((Path(path) / FILES[0]).read_text()) for path in outputs}
+    names = sorted(set.intersection(*(set(r["comparisons"]) for r in reports.values())))
+    rows = {path: {"seed": r["seed"], "champion": r["champion"],
+                   "champion_genome": r["nodes"][r["champion"]]["genome"],
+                   "agents": len(r["nodes"]), "admitted": sum(n["status"] == "admitted" for n in r["nodes"].values()),
+                   "heldout": r["heldout"]["estimates"],
+                   "comparisons": {k: r["comparisons"][k] for k in names}} for path, r in reports.items()}
+    over = {k: seed_interval([r["comparisons"][k]["mean"] for r in reports.values()]) for k in names}
+    return {"evolutions": rows, "over_evolutions": over}
+
+
+def format_across(result: dict) -> str:
+    lines = []
+    for path, row in result["evolutions"].items():
+        g = row["champion_genome"]
+        lines.append(f"{path}: champion {row['champion']} ({g['network']} {g['hidden_sizes']}), "
+                     f"{row['admitted']} of {row['agents']} agents admitted")
+        lines += [f"  {k.replace('_', ' ')}: {_cell(v)}" for k, v in row["comparisons"].items()]
+    n = len(result["evolutions"])
+    lines.append(f"over the {n} evolutions (mean, Student-t 95% interval):")
+    lines += [f"  {k.replace('_', ' ')}: {_cell(v)}" for k, v in result["over_evolutions"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(format_across(across_evolutions(sys.argv[1:])))

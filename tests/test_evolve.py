@@ -337,3 +337,23 @@ def test_the_curriculum_edit_and_a_refused_child_are_recorded(evolved, tmp_path)
     assert evolution.fill_slot(2, 0) == "refused"
     refused = evolution.archive.refused()[-1]
     assert refused["edit"] == "curriculum" and "pool" in refused["reason"]
+
+
+def test_evolutions_side_by_side(tmp_path):
+    """Several evolutions' held-out differences, and their mean with a Student-t interval."""
+    from aligned_rl.improve.evolve_report import across_evolutions, format_across
+
+    outputs = []
+    for seed, diff in enumerate([0.01, 0.03, 0.05]):
+        out = tmp_path / f"e{seed}"
+        out.mkdir()
+        node = {"genome": {"network": "mlp", "hidden_sizes": [8]}, "status": "admitted"}
+        (out / "report.json").write_text(json.dumps({
+            "seed": seed, "champion": "v0002", "nodes": {"v0001": node, "v0002": node},
+            "heldout": {"estimates": {}}, "comparisons": {"champion_minus_ancestor": {"mean": diff}}}))
+        outputs.append(str(out))
+    result = across_evolutions(outputs)
+    over = result["over_evolutions"]["champion_minus_ancestor"]
+    half = 4.302652729911275 * 0.02 / np.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert over["mean"] == pytest.approx(0.03) and over["ci95_high"] == pytest.approx(0.03 + half)
+    assert "over the 3 evolutions" in format_across(result)

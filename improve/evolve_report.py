@@ -94,7 +94,8 @@ def summarise(evolution: Any) -> dict:
     heldout = {e["data"]["name"]: e["data"] for e in archive.events() if e["kind"] == "heldout"}
     comparisons = {}
     if champion is not None and f"{champion}" in heldout:
-        others = ([ancestor] if ancestor != champion else []) + [f"baseline-{b}" for b in archive.baselines()]
+        # the ancestor as champion differs from itself by exactly 0: the row is kept for comparisons over seeds
+        others = [ancestor] + [f"baseline-{b}" for b in archive.baselines()]
         for other in others:
             if other in heldout:
                 label = "ancestor" if other == ancestor else other.replace("baseline-", "")

@@ -249,6 +249,7 @@ def test_an_archive_of_another_constitution_is_refused(evolved, tmp_path, capsys
     (["selection.rule=best"], "rule"),
     (["baselines=[oracle]"], "not AIQ baselines"),
     (["generation=3"], "unknown key"),
+    (["edits.alignment=1"], "unknown key"),  # an edit of what is not in the genome does not exist
 ])
 def test_bad_evolve_configs_exit_2(tmp_path, capsys, overrides, match):
     path = _config_file(tmp_path)

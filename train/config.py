@@ -20,7 +20,6 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aligned_rl.divergence import DIVERGENCES
-from aligned_rl.envs.macros import check_macros
 from aligned_rl.train.policies import POLICIES
 
 
@@ -289,6 +288,8 @@ def validate(config: TrainConfig) -> None:
         f"env.num_envs = {env.num_envs} does not split into ppo.num_minibatches = {ppo.num_minibatches}; "
         "choose a divisor.",
     )
+    from aligned_rl.envs.macros import check_macros  # here: importing the families touches the devices
+
     try:
         check_macros(env.macros, None)  # the primitive actions' range needs the family: checked in loop.build
     except ValueError as err:

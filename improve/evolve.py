@@ -214,7 +214,7 @@ class Evolution:
                                          f"its forbidden-rate bound {bound:.4g} "
                                          f"{'is' if bound <= self.config.gate.budget else 'is NOT'} within the "
                                          f"budget {self.config.gate.budget}"])
-            self.archive.promote(node.id, reason="the ancestor")
+            self.ensure_champion()
             return
         m = self._gate_measure(node)
         sampled = draw_environments(m)
@@ -224,11 +224,19 @@ class Evolution:
         decision = decide(gate_config(self.config), child, parent, antithetic=bool(m.antithetic))
         self.archive.record("decided", node=node.id, admitted=decision.promote, reasons=decision.reasons,
                             gate=decision.as_dict())
-        if decision.promote:
-            nodes = self.archive.nodes()
-            champion = self.archive.champion()
-            if champion is None or nodes[node.id].upsilon() > nodes[champion].upsilon():
-                self.archive.promote(node.id, reason="admitted, best Upsilon so far")
+        self.ensure_champion()
+
+    def ensure_champion(self) -> None:
+        """The champion is the admitted agent with the best Upsilon on the archive's environments (the
+        first to reach it); the pointer is moved after every decision, and again on resuming, so a
+        kill between a decision and the move loses nothing."""
+        admitted = [n for n in self.archive.nodes().values() if n.admitted and n.measured is not None]
+        if not admitted:
+            return
+        best = max(admitted, key=lambda n: (n.upsilon(), -int(n.id[1:])))
+        if self.archive.champion() != best.id:
+            self.archive.promote(best.id, reason="the ancestor" if best.parent is None else
+                                 "admitted, the best Upsilon so far")
 
     def _gate_measure(self, node: Node) -> MeasureConfig:
         """Fresh environments for this node's gate: the measurement's settings, its own seed."""
@@ -310,6 +318,7 @@ class Evolution:
             task = progress.add_task("baselines and the ancestor", total=1)
             self.measure_baselines()
             self.ancestor()
+            self.ensure_champion()
             progress.update(task, completed=1)
             for generation in range(1, config.generations + 1):
                 if self.archive.slot_done(generation, 0) is None and config.budget_steps and \

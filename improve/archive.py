@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from aligned_rl.improve.genome import setting_differences
 from aligned_rl.improve.lineage import Lineage, LineageError, _fsync_dir
 from aligned_rl.train.config import ConfigError
 
@@ -60,15 +61,6 @@ class Node:
         return float(self.measured["upsilon"]["mean"])
 
 
-def _differences(saved: Any, given: Any, path: str = "") -> list[str]:
-    if isinstance(saved, dict) and isinstance(given, dict):
-        out = []
-        for k in sorted(set(saved) | set(given)):
-            out += _differences(saved.get(k), given.get(k), f"{path}.{k}" if path else k)
-        return out
-    return [] if saved == given else [f"{path}: {saved!r} in the archive, {given!r} now"]
-
-
 class Archive:
     """Nodes, decisions and the champion of one evolution (see the module docstring)."""
 
@@ -86,10 +78,10 @@ class Archive:
                 lineage = Lineage.open(directory, fingerprint)
             except LineageError as err:
                 raise ArchiveError(f"the archive {err}") from err
-            found = _differences(lineage.info.get("settings"), settings)
+            found = setting_differences(lineage.info.get("settings"), settings)
             if found:
                 raise ArchiveError(
-                    f"{directory} is the archive of another evolution: its protected settings differ ("
+                    f"{directory} is the archive of another evolution: its protected settings differ (in the archive -> now: "
                     + "; ".join(found[:6]) + "). The constitution, the alignment of the learner, the gate and the "
                     "measurement are fixed for an archive's life; resume with its own settings or choose another "
                     "output directory")

@@ -16,7 +16,6 @@ from aligned_rl.train.aiq_table import given_measure_keys
 from aligned_rl.train.config import ConfigError, TrainConfig, check_ranges, load_config, merge_layers
 from aligned_rl.train.measure_config import MeasureConfig, check_measure_config
 
-EDITS = ("hyper", "widen", "deepen", "distil", "tool", "new_agent", "more_steps", "curriculum")
 RULES = ("score", "thompson")
 
 
@@ -34,6 +33,9 @@ class EditWeights:
     # trains on; this says how much of its gain the extra training alone brings)
     more_steps: float = 0.0
     curriculum: float = 0.0  # the child trains on with a curriculum (train/curriculum.py) its parent did not have
+
+
+EDITS = tuple(f.name for f in dataclasses.fields(EditWeights))  # the edit kinds
 
 
 @dataclasses.dataclass

@@ -37,14 +37,14 @@ def _pooled(node: dict) -> str:
 def _paired(evolution: Any, a: str, b: str) -> dict:
     """Upsilon(a) - Upsilon(b) over the archive's environments, paired, with its 95% CI."""
     key = evolution.names[next(iter(evolution.names))]
-    va, vb = evolution.archive.values(a)[key], evolution.archive.values(b)[key]
+    both = [evolution.archive.values(a), evolution.archive.values(b)]
     m = evolution.config.measure
     keep = None
-    for name, values in ((a, evolution.archive.values(a)), (b, evolution.archive.values(b))):
+    for values in both:
         if "redrawn" in values:  # an environment one run redrew is not the same environment in both
             redrawn = values["redrawn"][: m.num_envs] > 0
             keep = ~redrawn if keep is None else keep & ~redrawn
-    return paired_difference(va, vb, m.num_envs, bool(m.antithetic), keep=keep).as_dict()
+    return paired_difference(both[0][key], both[1][key], m.num_envs, bool(m.antithetic), keep=keep).as_dict()
 
 
 def summarise(evolution: Any) -> dict:

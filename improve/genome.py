@@ -156,17 +156,14 @@ def protected_settings(config: TrainConfig) -> dict[str, Any]:
     return out
 
 
+def setting_differences(saved: Any, found: Any, path: str = "") -> list[str]:
+    """Where two nested settings (plain JSON data) differ: ``key: saved -> found`` per leaf."""
+    if isinstance(saved, dict) and isinstance(found, dict):
+        return [d for k in sorted(set(saved) | set(found))
+                for d in setting_differences(saved.get(k), found.get(k), f"{path}.{k}" if path else k)]
+    return [] if saved == found else [f"{path}: {saved!r} -> {found!r}"]
+
+
 def protected_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     """The protected settings of ``config`` that differ from ``saved`` (``key: saved -> found``)."""
-    found = protected_settings(config)
-    out = []
-
-    def walk(a: Any, b: Any, path: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b)):
-                walk(a.get(k), b.get(k), f"{path}.{k}" if path else k)
-        elif a != b:
-            out.append(f"{path}: {a!r} -> {b!r}")
-
-    walk(saved, found, "")
-    return out
+    return setting_differences(saved, protected_settings(config))

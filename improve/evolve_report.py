@@ -121,6 +121,9 @@ def summarise(evolution: Any) -> dict:
                       "reasons": n.reasons, "measured": n.measured,
                       "forbidden_pooled": None if n.measured is None else evolution.pooled(k),
                       "steps_per_episode": None if n.measured is None else evolution.steps_per_episode(k),
+                      # Upsilon minus its parent's over the archive's environments, paired
+                      "minus_parent": None if n.measured is None or n.parent is None
+                      or nodes[n.parent].measured is None else _paired(evolution, k, n.parent),
                       "gate": None if n.gate is None else {k2: n.gate[k2] for k2 in (
                           "lower_bound", "mean_difference", "forbidden_upper_bound",
                           "forbidden_excess_upper_bound", "checks")}}
@@ -150,9 +153,9 @@ def markdown(report: dict) -> str:
              f"{report['measure']['seed']}, antithetic {report['measure']['antithetic']}); gate: delta "
              f"{report['gate']['delta']}, budget {report['gate']['budget']}, margin {report['gate']['margin']}, "
              f"{report['gate']['num_envs']} fresh environments per child.", "",
-             "| agent | parent | edit | gen | genome | Upsilon | Sigma | forbidden rate (pooled) | steps per episode "
-             "| decision |",
-             "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+             "| agent | parent | edit | gen | genome | Upsilon | minus its parent (paired) | Sigma | "
+             "forbidden rate (pooled) | steps per episode | decision |",
+             "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for k, n in report["nodes"].items():
         m = n["measured"] or {}
         g = n["genome"]
@@ -165,7 +168,8 @@ def markdown(report: dict) -> str:
         else:
             why = n["reasons"][0][:200]
         lines.append(f"| {k} | {n['parent'] or ''} | {n['edit']} | {n['generation']} | {genome} | "
-                     f"{_cell(m.get('upsilon'))} | {_cell(m.get('sigma'))} | {_cell(m.get('forbidden_rate'))} "
+                     f"{_cell(m.get('upsilon'))} | {_cell(n['minus_parent'])} | {_cell(m.get('sigma'))} | "
+                     f"{_cell(m.get('forbidden_rate'))} "
                      f"({_pooled(n)}) | {'-' if n['steps_per_episode'] is None else round(n['steps_per_episode'], 1)} "
                      f"| {n['status']}{': ' + why if why else ''} |")
     if report["refused"]:

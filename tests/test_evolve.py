@@ -171,6 +171,9 @@ def test_evolve_runs_and_reports(evolved):
     for child in (k for k, n in nodes.items() if n["parent"]):
         assert nodes[child]["gate"] is not None and nodes[child]["edit"] in ("hyper", "widen")
         assert nodes[child]["status"] == ("admitted" if all(nodes[child]["gate"]["checks"].values()) else "rejected")
+        parent = nodes[nodes[child]["parent"]]
+        assert nodes[child]["minus_parent"]["mean"] == pytest.approx(
+            nodes[child]["measured"]["upsilon"]["mean"] - parent["measured"]["upsilon"]["mean"], abs=1e-12)
     for name in ("report.md", "lineage.png", "generations.png", "credit.png"):
         assert (out / name).stat().st_size > 0
     assert set(report["credit"]) == set(nodes)

@@ -194,7 +194,7 @@ def _train(args: argparse.Namespace) -> int:
         return _fail("give --config FILE for a new run (e.g. configs/cartpole.yaml) or --resume RUN_DIR", 2)
     try:
         if args.resume:
-            config = load_run_config(args.resume, args.overrides)
+            config = load_run_config(args.resume, args.overrides, seeds_ok=True)
             told = any(o.split("=", 1)[0] == "run.stop_at_update" for o in args.overrides)
             if config.run.stop_at_update and not told:
                 print(f"resuming {args.resume} to the end ({config.num_updates} updates): the saved "
@@ -213,8 +213,14 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     final = summary["final"] or {}
     ret = summary.get("final_episode_return")
+    if summary.get("seeds"):
+        for seed, member in summary["members"].items():
+            r = member["final_episode_return"]
+            print(f"seed {seed}: return {r if r is None else round(r, 1)} -> {member['run_dir']}")
     print(
-        f"done: {summary['env_steps']:,} steps, return {ret if ret is None else round(ret, 1)}, "
+        f"done: {summary['env_steps']:,} steps"
+        + (f" ({len(summary['seeds'])} seeds vmapped), mean" if summary.get("seeds") else ",")
+        + f" return {ret if ret is None else round(ret, 1)}, "
         f"forbidden-action rate {final.get('forbidden_rate', float('nan')):.4f}, "
         f"mean D {final.get('divergence', float('nan')):.4f}, "
         f"{summary['sps']:,.0f} steps/s (compile {summary['compile_seconds']:.1f}s excluded) -> {summary['run_dir']}"

@@ -142,7 +142,9 @@ class RunConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    seed: int = 0
+    # an int, or a list of distinct ints: the seeds' runs vmapped in one program, each with its own
+    # run directory <run.dir>/seed-<s> (checkpoints, metrics), resumable together
+    seed: Any = 0
     env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
     constitution: ConstitutionConfig = dataclasses.field(default_factory=ConstitutionConfig)
     alignment: AlignmentConfig = dataclasses.field(default_factory=AlignmentConfig)
@@ -251,9 +253,27 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def run_seeds(config: TrainConfig) -> list[int] | None:
+    """The seeds of a run that trains several vmapped (``seed`` given as a list), else None."""
+    return list(config.seed) if isinstance(config.seed, (list, tuple)) else None
+
+
+def _check_seed(seed: Any) -> None:
+    is_int = lambda x: isinstance(x, int) and not isinstance(x, bool)  # noqa: E731
+    if isinstance(seed, (list, tuple)):
+        _require(len(seed) >= 1 and all(is_int(s) for s in seed),
+                 f"seed must be an int or a non-empty list of ints (one run per seed, vmapped), got {list(seed)!r}")
+        twice = sorted({s for s in seed if list(seed).count(s) > 1})
+        _require(not twice, f"seed lists {twice} more than once; each seed's run has its own directory seed-<s>, "
+                            "so give distinct seeds")
+    else:
+        _require(is_int(seed), f"seed must be an int or a list of ints (e.g. seed=[0,1,2]), got {seed!r}")
+
+
 def validate(config: TrainConfig) -> None:
     """Range and consistency checks that a schema cannot express."""
     ppo, env, align, cons, run = config.ppo, config.env, config.alignment, config.constitution, config.run
+    _check_seed(config.seed)
     _require(env.num_envs >= 1, f"env.num_envs must be >= 1, got {env.num_envs}")
     _require(ppo.num_steps >= 1, f"ppo.num_steps must be >= 1, got {ppo.num_steps}")
     _require(ppo.num_minibatches >= 1, f"ppo.num_minibatches must be >= 1, got {ppo.num_minibatches}")
@@ -522,8 +542,11 @@ def check_constitution(config: TrainConfig, constitution: Any) -> None:
 CONFIG_FILE = "config.yaml"  # the resolved config a run directory holds
 
 
-def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """The config saved in ``run_dir`` with ``overrides`` applied (validated)."""
+def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                    seeds_ok: bool = False) -> TrainConfig:
+    """The config saved in ``run_dir`` with ``overrides`` applied (validated).  A directory of
+    vmapped seeds holds no single agent: unless ``seeds_ok``, it is refused with the seed
+    directories to use instead."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
@@ -534,4 +557,9 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] 
     merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
     config = from_dict(OmegaConf.to_container(merged))
     config.run.dir = str(run_dir)
+    seeds = run_seeds(config)
+    if seeds is not None and not seeds_ok:
+        dirs = ", ".join(str(Path(run_dir) / f"seed-{s}") for s in seeds[:3]) + (", ..." if len(seeds) > 3 else "")
+        raise ConfigError(f"{run_dir} trained {len(seeds)} seeds vmapped ({seeds}); each seed's agent is in a run "
+                          f"directory of its own: give one of {dirs}")
     return config

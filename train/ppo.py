@@ -97,6 +97,31 @@ class Transition(NamedTuple):
     counterfactual_divergence: jax.Array  # D_cf summed over the constitution's invariances
 
 
+def permutation(key: jax.Array, n: int) -> jax.Array:
+    """A random permutation of ``range(n)`` (int32 [n]), drawn with sorts of single uint32 words.
+
+    ``jax.random.permutation`` sorts (random key, index) pairs; XLA's CPU backend sorts two
+    operands through a compiled comparator, about ten times slower than one array of uint32
+    (2.9 ms against 0.28 ms for n = 8192), and PPO shuffles its whole batch every epoch.  Here
+    each round packs a random key into the high ``32 - b`` bits of a word and the element's
+    position into its low ``b = ceil(log2 n)`` bits, sorts the words and reads the positions
+    back: one uint32 sort.  Keys that tie keep their previous order, so a pair of elements is
+    ordered unfairly only if it ties in every round, with probability ``2^-(32 - b) rounds``;
+    as in ``jax.random.permutation``, rounds are added until ``rounds * (32 - b) >= 3 log2 n``.
+    The permutations differ from ``jax.random.permutation``'s for the same key.
+    """
+    bits = max(1, (n - 1).bit_length())
+    if bits > 24:
+        raise ValueError(f"permutation: n={n} leaves fewer than 8 random bits per word; at most 2**24 elements")
+    rounds = -(-3 * bits // (32 - bits))
+    position = jnp.arange(n, dtype=jnp.uint32)
+    order = position
+    for k in jax.random.split(key, rounds):
+        words = (jax.random.bits(k, (n,), jnp.uint32) << bits) | position
+        order = order[jnp.sort(words) & jnp.uint32((1 << bits) - 1)]
+    return order.astype(jnp.int32)
+
+
 def _entropy(logits: jax.Array) -> jax.Array:
     log_p = jax.nn.log_softmax(logits, axis=-1)
     p = jnp.exp(log_p)
@@ -285,22 +310,26 @@ class AlignedPPO:
 
     def _minibatches(self, key: jax.Array, batch: LearnBatch, advantages, targets, start):
         """[k, T, B, ...] minibatches and the carry each starts from: whole sequences of shuffled
-        environments for a policy that ``needs_sequences``, else shuffled single steps (T = 1)."""
+        environments for a policy that ``needs_sequences``, else shuffled single steps (T = 1).
+        One minibatch is the whole batch, which the loss averages over in any order: it is not
+        shuffled."""
         k = self.config.ppo.num_minibatches
         if self.policy.needs_sequences:
-            perm = jax.random.permutation(key, self.num_envs)
+            perm = permutation(key, self.num_envs) if k > 1 else None
+            shuffled = lambda x, axis: x if perm is None else jnp.take(x, perm, axis=axis)  # noqa: E731
 
             def to_minibatches(x):  # [T, N, ...] -> [k, T, N / k, ...]
-                x = x[:, perm]
+                x = shuffled(x, 1)
                 return x.reshape((x.shape[0], k, self.num_envs // k) + x.shape[2:]).swapaxes(0, 1)
 
-            starts = jax.tree.map(lambda x: x[perm].reshape((k, self.num_envs // k) + x.shape[1:]), start)
+            starts = jax.tree.map(lambda x: shuffled(x, 0).reshape((k, self.num_envs // k) + x.shape[1:]), start)
             return jax.tree.map(to_minibatches, (batch, advantages, targets)) + (starts,)
         size = self.config.steps_per_update
-        perm = jax.random.permutation(key, size)
+        perm = permutation(key, size) if k > 1 else None
 
         def to_minibatches(x):  # [T, N, ...] -> [k, 1, size / k, ...]
-            x = x.reshape((size,) + x.shape[2:])[perm]
+            x = x.reshape((size,) + x.shape[2:])
+            x = x if perm is None else x[perm]
             return x.reshape((k, 1, size // k) + x.shape[1:])
 
         return jax.tree.map(to_minibatches, (batch, advantages, targets)) + (jax.tree.map(lambda _: None, start),)

@@ -47,22 +47,6 @@ def test_gae_bootstraps_truncation_and_not_termination():
     assert expected[2] == pytest.approx(rewards[2] - values[2] + 0.9 * 0.8 * 0 * expected[3], abs=1e-5)
 
 
-def test_whole_runs_vmap_over_seeds():
-    setup = _setup()
-    algo = setup.algo
-    keys = jax.random.split(jax.random.PRNGKey(3), 2)
-    states = jax.vmap(algo.init, in_axes=(0, None))(keys, setup.env_params)
-    run = jax.jit(lambda s: jax.vmap(lambda x: algo.run_updates(x, setup.env_params, setup.cparams, 2))(s))
-    batched, metrics = run(states)
-    for i in range(2):
-        single, _ = jax.jit(algo.run_updates, static_argnums=3)(
-            algo.init(keys[i], setup.env_params), setup.env_params, setup.cparams, 2
-        )
-        for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(batched.params)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b[i]), rtol=2e-5, atol=2e-6)
-    assert metrics["forbidden_rate"].shape == (2, 2)
-
-
 def test_shield_never_takes_a_forbidden_action():
     # margin 3 puts every start state near the zone, so the rule binds on every step
     setup = _setup("alignment.shield=true", "constitution.params.zone_low=0.5", "constitution.params.margin=3.0")

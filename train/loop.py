@@ -303,8 +303,11 @@ def _build_members(config: TrainConfig, start_from: Any, env_params: Any) -> tup
 def _initial_states(setup: Setup, members: list[Member], vmapped: bool) -> TrainState:
     if not vmapped:
         return initial_state(setup)
-    keys = jnp.stack([jax.random.PRNGKey(m.config.seed) for m in members])
-    return jax.jit(jax.vmap(setup.algo.init))(keys, setup.env_params)
+    # one seed at a time, as each would start alone: under vmap the orthogonal initialisers' QR
+    # becomes a batched QR, which on the CPU backend splits its batch over the thread pool it
+    # runs on, and can wait forever for it (seen with jaxlib 0.10 on 2 cores)
+    init = jax.jit(setup.algo.init)
+    return _stack([init(jax.random.PRNGKey(m.config.seed), m.setup.env_params) for m in members])
 
 
 def _mean_record(records: list[dict]) -> dict:

@@ -5,7 +5,8 @@ rollout from ``num_envs`` environments (whose params may all differ), generalise
 estimation runs backwards over it, and a ``lax.scan`` over epochs of a ``lax.scan`` over
 minibatches applies the PPO loss.  :meth:`AlignedPPO.run_updates` scans many updates, so the
 host loop only sees chunks.  Every update is a function of (TrainState, env params,
-constitution params), so whole runs vmap over seeds: ``jax.vmap(algo.init)(keys)``.
+constitution params), so whole runs vmap over seeds: ``jax.vmap(algo.run_updates)`` over
+states made one seed at a time (``seed`` given as a list, ``train/loop.py``).
 
 Alignment enters in five switchable ways (``AlignmentConfig``):
 

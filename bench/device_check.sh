@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check of the project in one run, on a machine with one accelerator (about 8 minutes
-# on one NVIDIA H200).  From the repository root:
+# Every GPU check of the project in one run, on a machine with one accelerator (at most about 9
+# minutes on one NVIDIA H200: the steps' time limits add up to 540 s).  From the repository root:
 #
 #     bash bench/device_check.sh [OUT]          # OUT: results folder, default bench/results/device
 #
@@ -10,9 +10,13 @@
 #                        AIQ's tape length, the asynchronous engine), run on the accelerator
 #   measure.json         measurement throughput: Q(lambda) at 65,536 programs x 1000 steps, both
 #                        engines, beside the plain-Python reference (bench/measure_q_lambda.py)
-#   ppo_4096.json        aligned PPO on CartPole at env.num_envs 4096 and 16384, alignment on and
-#   ppo_16384.json       off (bench/ppo_cartpole.py; the peers' virtual environments need a network
-#                        the device machine may not have, so they are left out there)
+#   ppo_4096.json        PPO training throughput on CartPole at 4096 and 16384 environments x 128
+#   ppo_16384.json       steps, PPO_UPDATES (default 20) updates, compile excluded: aligned-rl with
+#                        alignment on and off, and the PureJaxRL-style PPO (bench/peers/purejaxrl_ppo.py,
+#                        the project's own Python) at the same settings, in one invocation of
+#                        bench/ppo_cartpole.py, so the rows compare them on the same device.  rejax
+#                        and SB3 are left out: their virtual environments need a network the device
+#                        machine may not have
 #   aiq_table.tgz        the AIQ table (every baseline at every episode length, 4096 programs), as
 #                        far as its time allows (the command resumes where it stopped)
 #   device_check.json    every step's exit status and seconds, and the figures the README quotes
@@ -62,9 +66,11 @@ MEASURE_ENVS=${MEASURE_ENVS:-65536}
 step measure 120 $PY -m bench.measure_q_lambda --envs "$MEASURE_ENVS" --steps "${MEASURE_STEPS:-1000}" \
   --reference-envs 32 --out "$OUT/measure.json"
 
+# Three trainers per step (each a process of its own: start-up, compile, run); the results file is
+# rewritten after every run, so a step stopped by its limit keeps the rows measured before.
 for n in ${PPO_ENVS:-4096 16384}; do
-  step "ppo_$n" 60 $PY -m bench.ppo_cartpole --skip rejax,sb3 --num-envs "$n" \
-    --timesteps $((n * 128 * ${PPO_UPDATES:-40})) --out "$OUT/ppo_$n.json"
+  step "ppo_$n" 90 $PY -m bench.ppo_cartpole --skip rejax,sb3 --num-envs "$n" \
+    --timesteps $((n * 128 * ${PPO_UPDATES:-20})) --out "$OUT/ppo_$n.json"
 done
 
 rm -rf /tmp/aiq_table

@@ -10,7 +10,14 @@ and timed until every output is ready (``jax.block_until_ready``). rejax's defau
 evaluates the policy on 128 episodes every ``eval_freq`` steps; that is not training, so it is
 replaced by a no-op callback (the documented ``algo.replace(eval_callback=...)``).
 
-Prints one JSON line: {"name", "sps", "env_steps", "seconds", "compile_seconds", "versions", ...}.
+``--seeds N`` trains N independent runs at once, as rejax documents it: ``jax.vmap(algo.train)``
+over N keys split from ``--seed``, compiled and timed as one program; sps counts the env steps
+of all N runs.  After the timed run, and outside it, every run's final policy is evaluated with
+rejax's own evaluation (its default callback: 128 episodes), so that the returns show whether the
+runs learned.
+
+Prints one JSON line: {"name", "sps", "env_steps", "seconds", "compile_seconds", "seeds",
+"eval_return", "eval_returns", "versions", ...}.
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--minibatches", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, help="independent runs trained at once (vmapped)")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
 
     import jax
     from rejax import PPO
@@ -63,11 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     def no_eval(algo, train_state, rng):
         return ()
 
+    evaluate = algo.eval_callback  # rejax's default: the policy on 128 episodes
     algo = algo.replace(eval_callback=no_eval)
     key = jax.random.PRNGKey(args.seed)
+    train = algo.train
+    if args.seeds > 1:
+        train, key = jax.vmap(algo.train), jax.random.split(key, args.seeds)
 
     t0 = time.perf_counter()
-    compiled = jax.jit(algo.train).lower(key).compile()
+    compiled = jax.jit(train).lower(key).compile()
     compile_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -75,7 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     jax.block_until_ready(train_state)
     seconds = time.perf_counter() - t0
 
-    env_steps = int(train_state.global_step)
+    env_steps = int(jax.numpy.sum(train_state.global_step))
+
+    # Not timed: each run's final policy on rejax's evaluation episodes.
+    def final_return(train_state, rng):
+        _, returns = evaluate(algo, train_state, rng)
+        return returns.mean()
+
+    eval_keys = jax.random.split(jax.random.PRNGKey(args.seed + 1), args.seeds)
+    if args.seeds > 1:
+        eval_returns = [float(r) for r in jax.jit(jax.vmap(final_return))(train_state, eval_keys)]
+    else:
+        eval_returns = [float(jax.jit(final_return)(train_state, eval_keys[0]))]
     versions = {name: metadata.version(name) for name in ("rejax", "gymnax", "jax", "jaxlib", "flax", "optax", "distrax")}
     versions["python"] = sys.version.split()[0]
     print(json.dumps({
@@ -84,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         "env_steps": env_steps,
         "seconds": seconds,
         "compile_seconds": compile_seconds,
+        "seeds": args.seeds,
         "updates": num_updates,
+        "eval_return": sum(eval_returns) / len(eval_returns),
+        "eval_returns": eval_returns,
         "backend": jax.default_backend(),
+        "device": str(jax.devices()[0]),
         "versions": versions,
     }), flush=True)
     return 0

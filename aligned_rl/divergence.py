@@ -78,15 +78,12 @@ def jensen_shannon(logits: jax.Array, sigma: jax.Array) -> jax.Array:
 
 
 def log2_prob_allowed(logits: jax.Array, allowed: jax.Array) -> jax.Array:
-    """log2 pi(allowed | s), computed in log space; 0 when every action is allowed."""
-    log_pi = jax.nn.log_softmax(logits, axis=-1)
-    masked = jnp.where(allowed, log_pi, -jnp.inf)
-    # At least one allowed action is guaranteed by the caller (see constitution.sigma);
-    # if none is, the max below is -inf and the result is -inf, never NaN.
-    peak = jnp.max(masked, axis=-1, keepdims=True)
-    peak = jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
-    total = jnp.sum(jnp.where(allowed, jnp.exp(masked - peak), 0.0), axis=-1)
-    return (jnp.log(total) + peak[..., 0]) / LN2
+    """log2 pi(allowed | s) = (logsumexp over the allowed logits - logsumexp over all) / ln 2,
+    each logsumexp shifted by its own maximum (stable for any logits); 0 when every action is
+    allowed.  At least one allowed action is guaranteed by the caller (see constitution.sigma);
+    if none is, the result is -inf, never NaN."""
+    masked = jnp.where(allowed, logits, -jnp.inf)
+    return (jax.nn.logsumexp(masked, axis=-1) - jax.nn.logsumexp(logits, axis=-1)) / LN2
 
 
 def projection(logits: jax.Array, allowed: jax.Array) -> jax.Array:

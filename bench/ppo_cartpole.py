@@ -178,7 +178,9 @@ def run_ours(args: argparse.Namespace, aligned: bool, seed: int | list[int] | No
             *ppo_overrides(args),
             seed_override,
             "run.progress=false",
-            "run.updates_per_chunk=1000",
+            # chunks of a twentieth of the run: the return is that of the episodes of the last chunk
+            # (the end of training); the seconds are the chunks' alone, the logging between them excluded
+            f"run.updates_per_chunk={max(1, -(-(args.timesteps // (args.num_envs * args.num_steps)) // 20))}",
         ]
         if not aligned:
             cmd += ["constitution.name=none", "alignment.divergence=none"]

@@ -87,3 +87,23 @@ def test_bench_skips_an_entry_with_its_seed_entries():
     zoo = ppo_cartpole.parse_args(["--preset", "zoo", "--skip", "ours-sequential"])
     assert zoo.skip == {"rejax", "rejax-seeds", "ours-sequential"}  # the zoo's settings are not rejax's runner's
     assert (zoo.num_envs, zoo.lr) == (8, 1e-3)
+
+
+def test_ppo_profile_times_every_phase_and_counts_kernels(tmp_path, capsys):
+    from bench import ppo_profile
+
+    out = tmp_path / "profile.json"
+    assert ppo_profile.main(["--num-envs", "4", "--num-steps", "8", "--epochs", "1", "--minibatches", "2",
+                             "--inner", "1", "--repeats", "1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    for name in ("aligned", "alignment off"):
+        ms = results[name]["ms"]
+        assert all(ms[phase] > 0 for phase in ("rollout", "complete", "shuffle", "grad step", "whole update"))
+        assert ms["sum of phases"] == pytest.approx(ms["rollout"] + ms["complete"] + ms["shuffle"] + 2 * ms["grad step"])
+        assert results[name]["kernels_per_env_step"] > 10
+        assert results[name]["sps"] == pytest.approx(32 / (ms["whole update"] / 1e3))
+    # judging the constitution is work: the aligned step runs more kernels than the unaligned one
+    assert results["aligned"]["kernels_per_env_step"] > results["alignment off"]["kernels_per_env_step"]
+    assert "alignment's cost per update" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        ppo_profile.main(["--minibatches", "3", "--num-envs", "4", "--num-steps", "8"])

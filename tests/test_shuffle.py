@@ -14,6 +14,7 @@ from scipy import stats
 
 from aligned_rl.train.config import load_config
 from aligned_rl.train.loop import build
+from aligned_rl.train import ppo
 from aligned_rl.train.ppo import LearnBatch, permutation
 from tests.conftest import CARTPOLE, TINY
 
@@ -51,9 +52,12 @@ def test_pairs_are_ordered_fairly_at_the_learners_size():
     assert stats.kstest(first, "uniform").pvalue > 1e-3
 
 
-def test_too_many_elements_are_refused():
-    with pytest.raises(ValueError, match="2\\*\\*24"):
-        permutation(jax.random.PRNGKey(0), 2**24 + 1)
+def test_beyond_the_packed_words_it_is_jaxs_own(monkeypatch):
+    """Above PACKED_MAX elements a word keeps too few random bits: jax.random.permutation is used."""
+    monkeypatch.setattr(ppo, "PACKED_MAX", 64)
+    key = jax.random.PRNGKey(4)
+    np.testing.assert_array_equal(ppo.permutation(key, 100), jax.random.permutation(key, 100))
+    assert not np.array_equal(ppo.permutation(key, 64), jax.random.permutation(key, 64))
 
 
 def test_minibatches_are_the_shuffled_batch_in_order():

@@ -98,6 +98,9 @@ class Transition(NamedTuple):
     counterfactual_divergence: jax.Array  # D_cf summed over the constitution's invariances
 
 
+PACKED_MAX = 2**24  # the largest batch train/ppo.py:permutation shuffles with packed words
+
+
 def permutation(key: jax.Array, n: int) -> jax.Array:
     """A random permutation of ``range(n)`` (int32 [n]), drawn with sorts of single uint32 words.
 
@@ -109,11 +112,13 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
     back: one uint32 sort.  Keys that tie keep their previous order, so a pair of elements is
     ordered unfairly only if it ties in every round, with probability ``2^-(32 - b) rounds``;
     as in ``jax.random.permutation``, rounds are added until ``rounds * (32 - b) >= 3 log2 n``.
-    The permutations differ from ``jax.random.permutation``'s for the same key.
+    The permutations differ from ``jax.random.permutation``'s for the same key.  Above
+    ``PACKED_MAX`` elements a word would keep fewer than 8 random bits: there
+    ``jax.random.permutation`` itself is used.
     """
+    if n > PACKED_MAX:
+        return jax.random.permutation(key, n).astype(jnp.int32)
     bits = max(1, (n - 1).bit_length())
-    if bits > 24:
-        raise ValueError(f"permutation: n={n} leaves fewer than 8 random bits per word; at most 2**24 elements")
     rounds = -(-3 * bits // (32 - bits))
     position = jnp.arange(n, dtype=jnp.uint32)
     order = position

@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for entry, record in results.items():
         sps = record.get("sps")
-        ratio = f"{ref / sps:.2f}x" if ref and sps else "-"
+        ratio = fmt_ratio(ref / sps if ref and sps else None)
         steps = f"{record['env_steps']:,}" if record.get("env_steps") else "-"
         status = "" if record["status"] == "ok" else "FAILED"
         rows.append((record["label"], fmt_sps(sps), steps, ratio, fmt_return(record.get("final_return")), status))

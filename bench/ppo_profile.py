@@ -30,6 +30,7 @@ import json
 import re
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,33 +41,38 @@ import optax
 from aligned_rl.train.config import load_config
 from aligned_rl.train.loop import build, initial_state
 from aligned_rl.train.ppo import LearnBatch
+from bench.ppo_cartpole import PRESETS, ROOT, ppo_overrides, unaligned_config
 
-ROOT = Path(__file__).resolve().parent.parent
-ALIGNED = ["constitution.name=safe_zone", "constitution.params.zone_low=0.8", "constitution.params.zone_high=2.4",
-           "constitution.params.margin=0.3", "alignment.divergence=projection"]
-UNALIGNED = ["constitution.name=none", "alignment.divergence=none"]
+CONFIG = ROOT / "configs" / "cartpole.yaml"  # the bench's aligned entry
 # instructions that launch no work of their own
 _FREE = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "copy-start", "copy-done",
          "after-all", "partition-id", "replica-id"}
 
 
-def settings(args: argparse.Namespace, aligned: bool) -> list[str]:
-    return ["env.name=CartPole-v1", f"env.num_envs={args.num_envs}", f"ppo.num_steps={args.num_steps}",
+def settings(args: argparse.Namespace) -> list[str]:
+    """The bench's overrides (its hyperparameters, at this profile's sizes)."""
+    return [f"env.num_envs={args.num_envs}", f"ppo.num_steps={args.num_steps}",
             f"ppo.update_epochs={args.epochs}", f"ppo.num_minibatches={args.minibatches}",
-            f"ppo.total_timesteps={args.num_envs * args.num_steps * 100}", "ppo.hidden_sizes=[64,64]",
-            "ppo.activation=tanh", "run.progress=false"] + (ALIGNED if aligned else UNALIGNED)
+            f"ppo.total_timesteps={args.num_envs * args.num_steps * 100}", "run.progress=false",
+            *ppo_overrides(argparse.Namespace(**PRESETS["bench"]))]
+
+
+def median_seconds(call, repeats: int, per_call: int) -> float:
+    """Median seconds of one of the ``per_call`` runs inside ``call()`` (run once first, then
+    ``repeats`` times, each blocked until ready)."""
+    jax.block_until_ready(call())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append((time.perf_counter() - start) / per_call)
+    return statistics.median(times)
 
 
 def timed(fn, carry, inner: int, repeats: int) -> float:
     """Median seconds of one ``fn(carry) -> carry``, run ``inner`` times per compiled call."""
     loop = jax.jit(lambda c: jax.lax.fori_loop(0, inner, lambda i, c: fn(c), c)).lower(carry).compile()
-    jax.block_until_ready(loop(carry))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(loop(carry))
-        times.append((time.perf_counter() - start) / inner)
-    return statistics.median(times)
+    return median_seconds(lambda: loop(carry), repeats, inner)
 
 
 def kernels(compiled_text: str) -> int:
@@ -82,7 +88,9 @@ def kernels(compiled_text: str) -> int:
 
 
 def profile(args: argparse.Namespace, aligned: bool) -> dict:
-    setup = build(load_config(None, settings(args, aligned)))
+    with tempfile.TemporaryDirectory() as tmp:  # alignment off: the bench's unaligned config
+        config = CONFIG if aligned else unaligned_config(CONFIG, Path(tmp) / "unaligned.yaml")
+        setup = build(load_config(config, settings(args)))
     algo, ep, cp = setup.algo, setup.env_params, setup.cparams
     state = initial_state(setup)
     T, k = args.num_steps, args.minibatches
@@ -120,13 +128,7 @@ def profile(args: argparse.Namespace, aligned: bool) -> dict:
         "grad step": timed(grad_step, (state.params, state.opt_state), args.inner, r),
     }
     whole = jax.jit(algo.run_updates, static_argnums=3).lower(state, ep, cp, args.inner).compile()
-    jax.block_until_ready(whole(state, ep, cp))
-    times = []
-    for _ in range(r):
-        start = time.perf_counter()
-        jax.block_until_ready(whole(state, ep, cp))
-        times.append((time.perf_counter() - start) / args.inner)
-    phases["whole update"] = statistics.median(times)
+    phases["whole update"] = median_seconds(lambda: whole(state, ep, cp), r, args.inner)
     phases["sum of phases"] = (phases["rollout"] + phases["complete"]
                                + args.epochs * (phases["shuffle"] + k * phases["grad step"]))
     step = jax.jit(lambda c: algo.rollout(state.params).step(ep, cp, c)).lower(carry).compile()

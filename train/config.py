@@ -258,12 +258,17 @@ def run_seeds(config: TrainConfig) -> list[int] | None:
     return list(config.seed) if isinstance(config.seed, (list, tuple)) else None
 
 
+def repeated(items: list) -> list:
+    """The values ``items`` lists more than once, sorted."""
+    return sorted({x for x in items if list(items).count(x) > 1})
+
+
 def _check_seed(seed: Any) -> None:
     is_int = lambda x: isinstance(x, int) and not isinstance(x, bool)  # noqa: E731
     if isinstance(seed, (list, tuple)):
         _require(len(seed) >= 1 and all(is_int(s) for s in seed),
                  f"seed must be an int or a non-empty list of ints (one run per seed, vmapped), got {list(seed)!r}")
-        twice = sorted({s for s in seed if list(seed).count(s) > 1})
+        twice = repeated(seed)
         _require(not twice, f"seed lists {twice} more than once; each seed's run has its own directory seed-<s>, "
                             "so give distinct seeds")
     else:

@@ -278,8 +278,9 @@ def _stack(trees: list[Any]) -> Any:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _row(tree: Any, i: int) -> Any:
-    return jax.tree.map(lambda x: x[i], tree)
+def _row(tree: Any, i: int, vmapped: bool = True) -> Any:
+    """Seed ``i``'s part of a tree the seeds' program returned (the tree itself for one seed)."""
+    return jax.tree.map(lambda x: x[i], tree) if vmapped else tree
 
 
 def _build_members(config: TrainConfig, start_from: Any, env_params: Any) -> tuple[Setup, list[Member], bool]:
@@ -384,7 +385,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, start_
             n = min(chunk - update % chunk, end - update)
             state, metrics, seconds = runner(state, n)
             for i, m in enumerate(members):
-                bad = non_finite_keys(_row(metrics, i) if vmapped else metrics)
+                bad = non_finite_keys(_row(metrics, i, vmapped))
                 if bad:
                     raise TrainingDiverged(
                         f"non-finite values in {bad} during updates {update + 1}..{update + n}"
@@ -398,7 +399,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, start_
             steps_run += n * config.steps_per_update * len(members)
             saving = update // save_every > previous // save_every or update == end
             for i, m in enumerate(members):
-                record = chunk_record(_row(metrics, i) if vmapped else metrics, update * config.steps_per_update,
+                record = chunk_record(_row(metrics, i, vmapped), update * config.steps_per_update,
                                       update, n * config.steps_per_update / seconds)
                 records[i] = record
                 m.log.write(record)
@@ -406,7 +407,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, start_
                     m.last_return = record["episode_return"]
                     m.best_return = max(m.best_return, m.last_return) if m.best_return is not None else m.last_return
                 if saving:
-                    checkpoint.save(m.mngr, update, _row(state, i) if vmapped else state,
+                    checkpoint.save(m.mngr, update, _row(state, i, vmapped),
                                     _meta(m.setup, update, m.last_return, m.best_return),
                                     m.last_return if m.last_return is not None else -np.inf)
             if mean_log is not None:
@@ -418,8 +419,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, start_
             m.mngr.close()
         if mean_log is not None:
             mean_log.close()
-    seconds_each = run_seconds
-    summaries = [_summary(m, update, total, steps_run // len(members), seconds_each, runner, records[i])
+    summaries = [_summary(m, update, total, steps_run // len(members), run_seconds, runner, records[i])
                  for i, m in enumerate(members)]
     if not vmapped:
         summary = summaries[0]
@@ -505,7 +505,7 @@ def _resume_or_start(setup: Setup, members: list[Member], state: TrainState, vma
     for i, m in enumerate(members):
         meta = checkpoint.restore_meta(m.mngr, step)
         _check_resume(m.setup, meta, force)
-        states.append(checkpoint.restore_state(m.mngr, step, like=_row(state, i) if vmapped else state))
+        states.append(checkpoint.restore_state(m.mngr, step, like=_row(state, i, vmapped)))
         for later in [s for s in m.mngr.all_steps() if s > step]:  # saved by a seed ahead of the others
             m.mngr.delete(later)
         truncate_metrics(m.run_dir, step)

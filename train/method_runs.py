@@ -27,7 +27,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from aligned_rl.train.aiq_table import given_measure_keys, machine
-from aligned_rl.train.config import ConfigError, TrainConfig, load_config, merge_layers
+from aligned_rl.train.config import ConfigError, TrainConfig, load_config, merge_layers, repeated
 from aligned_rl.train.measure import resolve_antithetic
 from aligned_rl.train.measure_config import MeasureConfig
 from aligned_rl.train.policies import POLICIES
@@ -148,7 +148,7 @@ def check_methods(config: Any, what: str, *, empty: str, name_example: str, refe
                           f"({', '.join(config.methods)}); name the method {role}")
     if not config.seeds:
         raise ConfigError(f"{what} config: seeds is empty; give at least one training seed, e.g. seeds=[0,1,2]")
-    twice = sorted({s for s in config.seeds if config.seeds.count(s) > 1})
+    twice = repeated(config.seeds)
     if twice:
         raise ConfigError(f"{what} config: seeds lists {', '.join(map(str, twice))} more than once; "
                           "list each seed once")

@@ -105,8 +105,8 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
     """A random permutation of ``range(n)`` (int32 [n]), drawn with sorts of single uint32 words.
 
     ``jax.random.permutation`` sorts (random key, index) pairs; XLA's CPU backend sorts two
-    operands through a compiled comparator, about ten times slower than one array of uint32
-    (2.9 ms against 0.28 ms for n = 8192), and PPO shuffles its whole batch every epoch.  Here
+    operands through a compiled comparator, far slower than one array of uint32, and PPO
+    shuffles its whole batch every epoch.  Here
     each round packs a random key into the high ``32 - b`` bits of a word and the element's
     position into its low ``b = ceil(log2 n)`` bits, sorts the words and reads the positions
     back: one uint32 sort.  Keys that tie keep their previous order, so a pair of elements is
